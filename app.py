@@ -1,0 +1,16 @@
+"""wildid: identify animals from images.  Entry point: a router over pages/ and the frame
+(sidebar model picker) that all pages share.   Run:  make run"""
+
+import streamlit as st
+
+import ui
+
+st.set_page_config(page_title="wildid", page_icon="🐾", layout="wide")
+
+pages = [
+    st.Page("pages/identify.py", title="Identify", icon="🔎", default=True),
+]
+navigation = st.navigation(pages)
+ui.model_picker()
+st.sidebar.caption("wildid · offline animal identification")
+navigation.run()

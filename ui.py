@@ -1,0 +1,95 @@
+"""What every page shares: the model picker, the cached model loader, error display.
+
+Pages stay thin: widgets plus calls into ``wildid``.  This module is the only place the
+app touches the model registry's cache, so tests can patch ``load_model``.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from wildid import registry
+from wildid.cards import ModelCard, headline_metrics
+from wildid.errors import WildidError
+
+MODEL_KEY = "model_name"
+
+
+@st.cache_resource(show_spinner="Loading model…", max_entries=4)
+def load_model(name: str, backend: str = "torch"):
+    """One shared predictor per model for all sessions (read-only after loading)."""
+    return registry.load_predictor(name, backend=backend)
+
+
+def available_cards() -> list[ModelCard]:
+    return registry.list_cards()
+
+
+def current_model_name() -> str:
+    return st.session_state.get(MODEL_KEY, registry.DEFAULT_MODEL)
+
+
+def model_picker(container=None) -> ModelCard | None:
+    """The sidebar select box; the choice is remembered across pages in session state."""
+    container = container or st.sidebar
+    cards = available_cards()
+    if not cards:
+        container.error("No models installed: add a folder with card.toml under models/.")
+        return None
+    names = [card.name for card in cards]
+    by_name = {card.name: card for card in cards}
+    wanted = current_model_name()
+    index = names.index(wanted) if wanted in names else 0
+
+    def label(name: str) -> str:
+        card = by_name[name]
+        return f"{card.display_title}" + ("" if card.has_weights else " (no weights yet)")
+
+    choice = container.selectbox("Model", names, index=index, format_func=label, key="_model_picker")
+    st.session_state[MODEL_KEY] = choice
+    return by_name[choice]
+
+
+def current_card() -> ModelCard | None:
+    name = current_model_name()
+    for card in available_cards():
+        if card.name == name:
+            return card
+    cards = available_cards()
+    return cards[0] if cards else None
+
+
+def get_predictor(card: ModelCard | None, backend: str = "torch"):
+    """The loaded predictor, or None after telling the user why (slot without weights, bad file)."""
+    if card is None:
+        st.error("No model selected.")
+        return None
+    if not card.has_weights:
+        st.info(registry.missing_weights_message(card))
+        return None
+    try:
+        return load_model(card.name, backend)
+    except WildidError as exc:
+        st.error(str(exc))
+        return None
+
+
+def show_card(card: ModelCard, expanded: bool = False) -> None:
+    with st.expander(f"Model card: {card.display_title}", expanded=expanded):
+        cols = st.columns(4)
+        cols[0].metric("Task", card.task)
+        cols[1].metric("Architecture", card.arch)
+        cols[2].metric("Classes", card.num_classes)
+        cols[3].metric("Input", f"{card.input_size[1]}px {card.channel_mode.upper()}")
+        if card.description:
+            st.write(card.description)
+        metrics = headline_metrics(card.metrics)
+        if metrics:
+            st.write(f"**Metrics:** {metrics}")
+        if card.metrics.get("measured_by") or card.metrics.get("note"):
+            st.caption(card.metrics.get("measured_by") or card.metrics.get("note"))
+        st.caption("Classes: " + ", ".join(card.classes[:40]) + (" …" if card.num_classes > 40 else ""))
+
+
+def show_error(exc: Exception) -> None:
+    st.error(str(exc))

@@ -1,0 +1,241 @@
+"""ModelCard: everything that travels with a checkpoint.
+
+A model lives in a folder ``models/<name>/`` holding ``card.toml`` and its weights
+(``model.safetensors``).  The card says how to rebuild the network (``arch``), what its
+outputs mean (``classes``), how to preprocess an image for it (size, mean/std,
+interpolation, crop_pct, channel mode) and where it came from (provenance, metrics).
+Class names never travel separately from the weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from wildid.errors import CardError
+
+CARD_FILE = "card.toml"
+TASKS = ("tracks", "lemmings", "small-mammals", "animals", "reid", "custom")
+KINDS = ("classifier", "embedding")
+CHANNEL_MODES = ("rgb", "nir")
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos")
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    name: str
+    arch: str
+    classes: tuple[str, ...]
+    title: str = ""
+    task: str = "custom"
+    kind: str = "classifier"
+    weights: str = "model.safetensors"
+    version: str = "1"
+    description: str = ""
+    input_size: tuple[int, int, int] = (3, 224, 224)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    interpolation: str = "bicubic"
+    crop_pct: float = 0.875
+    channel_mode: str = "rgb"
+    # Below this top-1 confidence a prediction is "uncertain" / sent to review.
+    threshold: float = 0.5
+    # Optional map from class label to scientific name, for species facts.
+    species: dict[str, str] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    # Where the card was read from; not written to the file.
+    folder: Path | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not self.name:
+            problems.append("name is empty")
+        if not self.arch:
+            problems.append("arch is empty")
+        if self.kind not in KINDS:
+            problems.append(f"kind {self.kind!r} is not one of {', '.join(KINDS)}")
+        if self.kind == "classifier" and len(self.classes) < 2:
+            problems.append(f"a classifier needs at least 2 classes, got {len(self.classes)}")
+        if len(set(self.classes)) != len(self.classes):
+            dupes = sorted({c for c in self.classes if self.classes.count(c) > 1})
+            problems.append(f"duplicate class names: {', '.join(dupes)}")
+        if self.channel_mode not in CHANNEL_MODES:
+            problems.append(f"channel_mode {self.channel_mode!r} is not rgb or nir")
+        if self.interpolation not in INTERPOLATIONS:
+            problems.append(f"interpolation {self.interpolation!r} is not one of {', '.join(INTERPOLATIONS)}")
+        if len(self.input_size) != 3 or self.input_size[0] != 3:
+            problems.append(f"input_size must be [3, H, W], got {list(self.input_size)}")
+        if len(self.mean) != 3 or len(self.std) != 3:
+            problems.append("mean and std need 3 values each")
+        if not 0 < self.crop_pct <= 1:
+            problems.append(f"crop_pct must be in (0, 1], got {self.crop_pct}")
+        if not 0 <= self.threshold <= 1:
+            problems.append(f"threshold must be in [0, 1], got {self.threshold}")
+        if problems:
+            raise CardError(f"model card {self.name!r}: {'; '.join(problems)}")
+
+    # --- derived -----------------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def weights_path(self) -> Path | None:
+        if not self.weights or self.folder is None:
+            return None
+        return self.folder / self.weights
+
+    @property
+    def has_weights(self) -> bool:
+        path = self.weights_path
+        return path is not None and path.is_file()
+
+    @property
+    def display_title(self) -> str:
+        return self.title or self.name
+
+    def data_config(self) -> dict[str, Any]:
+        """The card's preprocessing as a timm data config."""
+        return {
+            "input_size": tuple(self.input_size),
+            "interpolation": self.interpolation,
+            "mean": tuple(self.mean),
+            "std": tuple(self.std),
+            "crop_pct": float(self.crop_pct),
+            "crop_mode": "center",
+        }
+
+    def replace(self, **changes: Any) -> "ModelCard":
+        return dataclasses.replace(self, **changes)
+
+    def summary(self) -> dict[str, Any]:
+        """One row for model listings (CLI `models`, Models page)."""
+        return {
+            "name": self.name,
+            "title": self.display_title,
+            "task": self.task,
+            "kind": self.kind,
+            "arch": self.arch,
+            "classes": self.num_classes,
+            "weights": "yes" if self.has_weights else "missing",
+            "version": self.version,
+            "metrics": headline_metrics(self.metrics),
+        }
+
+    # --- serialisation -------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            if f.name == "folder":
+                continue
+            value = getattr(self, f.name)
+            if isinstance(value, tuple):
+                value = list(value)
+            out[f.name] = value
+        return _drop_none(out)
+
+    def save(self, folder: Path | str, classes_file: bool = False) -> Path:
+        """Write card.toml into ``folder`` (created if needed); returns its path.
+
+        With ``classes_file`` the class list goes to classes.txt (handy for long lists).
+        """
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        data = self.to_dict()
+        if classes_file:
+            (folder / "classes.txt").write_text("\n".join(self.classes) + "\n", encoding="utf-8")
+            data["classes"] = "classes.txt"
+        path = folder / CARD_FILE
+        tmp = path.with_suffix(".toml.tmp")
+        tmp.write_text(tomli_w.dumps(_tomlable(data)), encoding="utf-8")
+        tmp.replace(path)
+        return path
+
+
+def load_card(folder: Path | str) -> ModelCard:
+    """Read ``folder/card.toml``; raises CardError with a one-line reason."""
+    folder = Path(folder)
+    path = folder / CARD_FILE
+    if not path.is_file():
+        raise CardError(f"no {CARD_FILE} in {folder}: a model folder needs one (see README, 'Adding a model')")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise CardError(f"{path} is not valid TOML: {exc}") from None
+    return card_from_dict(data, folder)
+
+
+def card_from_dict(data: dict[str, Any], folder: Path | None = None) -> ModelCard:
+    data = dict(data)
+    for key in ("name", "arch"):
+        if key not in data:
+            where = f" in {folder / CARD_FILE}" if folder else ""
+            raise CardError(f"model card{where} lacks the required key {key!r}")
+    classes = data.get("classes", [])
+    if isinstance(classes, str):
+        if folder is None:
+            raise CardError(f"classes file {classes!r} given but the card has no folder")
+        classes_path = folder / classes
+        if not classes_path.is_file():
+            raise CardError(f"model card {data['name']!r} names classes file {classes!r}, which is missing")
+        classes = [line.strip() for line in classes_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    data["classes"] = tuple(str(c) for c in classes)
+    for key in ("input_size", "mean", "std"):
+        if key in data:
+            data[key] = tuple(data[key])
+    known = {f.name for f in dataclasses.fields(ModelCard)} - {"folder"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise CardError(f"model card {data['name']!r} has unknown keys: {', '.join(unknown)}")
+    try:
+        return ModelCard(folder=folder, **data)
+    except TypeError as exc:
+        raise CardError(f"model card {data['name']!r}: {exc}") from None
+
+
+def headline_metrics(metrics: dict[str, Any]) -> str:
+    """A short human string of the top-level scalar metrics, e.g. 'accuracy 0.91, macro_f1 0.88'."""
+    parts = []
+    for key, value in metrics.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        parts.append(f"{key} {value:.3g}" if isinstance(value, float) else f"{key} {value}")
+    return ", ".join(parts[:4])
+
+
+def today() -> str:
+    return _dt.date.today().isoformat()
+
+
+def _drop_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, (list, tuple)):
+        return [_drop_none(v) for v in value if v is not None]
+    return value
+
+
+def _tomlable(value: Any) -> Any:
+    """TOML has no null and no numpy scalars; make metrics from any source writable."""
+    if isinstance(value, dict):
+        return {str(k): _tomlable(v) for k, v in value.items() if v is not None}
+    if isinstance(value, (list, tuple)):
+        return [_tomlable(v) for v in value if v is not None]
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item") and callable(value.item):  # numpy / torch scalar
+        return value.item()
+    if isinstance(value, (str, int, float, bool, _dt.date, _dt.datetime)):
+        return value
+    return json.loads(json.dumps(value, default=str))

@@ -1,0 +1,186 @@
+"""`wildid` command line: the same core as the app.
+
+    wildid predict IMAGE... [--model NAME|PATH] [--top-k K] [--json]
+    wildid models [--json]
+    wildid import CHECKPOINT --name NAME [--arch ARCH] [--classes FILE|a,b,c]
+    wildid export-onnx --model NAME
+
+Errors a user can cause print one line (``error: ...``) and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from wildid.errors import WildidError
+
+EXIT_USER_ERROR = 2
+
+
+def parse_classes(value: str | None) -> list[str] | None:
+    """A classes.txt path (one per line) or a comma-separated list."""
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    if path.is_file():
+        return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def add_model_options(parser: argparse.ArgumentParser, default: str | None = "general-animals") -> None:
+    parser.add_argument("--model", "-m", default=default, help="model name or folder, or a checkpoint file")
+    parser.add_argument("--arch", help="architecture of a bare checkpoint (e.g. resnet18, torchvision:resnet50)")
+    parser.add_argument("--classes", help="class list of a bare checkpoint: classes.txt or a,b,c")
+    parser.add_argument("--backend", choices=("torch", "onnx"), default="torch")
+    parser.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="allow whole pickled models (can run arbitrary code: only for files you trust)",
+    )
+
+
+def predictor_from_args(args: argparse.Namespace):
+    from wildid.registry import load_predictor
+
+    return load_predictor(
+        args.model,
+        backend=args.backend,
+        trust=args.trust_checkpoint,
+        arch=args.arch,
+        classes=parse_classes(args.classes),
+    )
+
+
+# --- predict -------------------------------------------------------------------------------
+def cmd_predict(args: argparse.Namespace) -> int:
+    predictor = predictor_from_args(args)
+    rows, failures = [], 0
+    for image in args.images:
+        try:
+            [prediction] = predictor.predict([image], top_k=args.top_k)
+            rows.append({"path": image, **prediction.to_dict()})
+        except WildidError as exc:
+            failures += 1
+            rows.append({"path": image, "error": str(exc)})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for row in rows:
+            if "error" in row:
+                print(f"{row['path']}: error: {row['error']}")
+                continue
+            flag = "  (uncertain)" if row["uncertain"] else ""
+            candidates = ", ".join(f"{c['label']} {c['score']:.3f}" for c in row["top_k"][1:])
+            print(f"{row['path']}: {row['label']} {row['confidence']:.3f}{flag}" + (f"  | {candidates}" if candidates else ""))
+    return 1 if failures else 0
+
+
+# --- models --------------------------------------------------------------------------------
+def cmd_models(args: argparse.Namespace) -> int:
+    from wildid.registry import scan_models
+
+    listing = scan_models()
+    rows = [card.summary() for card in listing.cards]
+    if args.json:
+        print(json.dumps({"models": rows, "problems": listing.problems}, indent=2))
+        return 0
+    header = ("name", "task", "arch", "classes", "weights", "metrics")
+    table = [header] + [tuple(str(row[h]) for h in header) for row in rows]
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    for problem in listing.problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    return 0
+
+
+# --- import ----------------------------------------------------------------------------------
+def cmd_import(args: argparse.Namespace) -> int:
+    from wildid.registry import import_checkpoint
+
+    card = import_checkpoint(
+        args.checkpoint,
+        name=args.name,
+        arch=args.arch,
+        classes=parse_classes(args.classes),
+        root=Path(args.root) if args.root else None,
+        trust=args.trust_checkpoint,
+        task=args.task,
+        title=args.title,
+        channel_mode="nir" if args.nir else None,
+    )
+    print(f"imported {args.checkpoint} as {card.name} ({card.arch}, {card.num_classes} classes) in {card.folder}")
+    return 0
+
+
+# --- export-onnx -----------------------------------------------------------------------------
+def cmd_export_onnx(args: argparse.Namespace) -> int:
+    from wildid.registry import ensure_onnx, find_card
+
+    card = find_card(args.model)
+    path = ensure_onnx(card, trust=args.trust_checkpoint, force=True)
+    if args.out:
+        import shutil
+
+        shutil.copyfile(path, args.out)
+        path = Path(args.out)
+    print(f"wrote {path}")
+    return 0
+
+
+# --- parser ------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wildid", description="Identify animals from images.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("predict", help="classify one or more images")
+    p.add_argument("images", nargs="+", help="image files")
+    add_model_options(p)
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("models", help="list installed models")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("import", help="add a checkpoint as a model folder with a card")
+    p.add_argument("checkpoint")
+    p.add_argument("--name", required=True, help="model name (folder under models/)")
+    p.add_argument("--arch", help="architecture, e.g. resnet18, efficientnet_lite0, torchvision:resnet50")
+    p.add_argument("--classes", help="classes.txt or a,b,c (optional when importing into a model slot)")
+    p.add_argument("--task", default=None)
+    p.add_argument("--title", default=None)
+    p.add_argument("--nir", action="store_true", help="model expects near-infrared (grey) input")
+    p.add_argument("--root", help="models folder to write into (default: the first model root)")
+    p.add_argument("--trust-checkpoint", action="store_true")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("export-onnx", help="export a model to ONNX (used by --backend onnx)")
+    p.add_argument("--model", "-m", required=True)
+    p.add_argument("--out", help="also copy the .onnx file here")
+    p.add_argument("--trust-checkpoint", action="store_true")
+    p.set_defaults(func=cmd_export_onnx)
+
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except WildidError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
