@@ -31,6 +31,9 @@ BLURRY_LAPLACIAN_VAR = 30.0
 QUALITY_WIDTH = 512
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+# PIL's own bomb check fires at open() with a message that lacks the image size; load_image
+# enforces MAX_PIXELS itself (after JPEG draft scaling, which makes huge JPEGs cheap).
+Image.MAX_IMAGE_PIXELS = None
 
 
 def is_image_file(path: Path | str) -> bool:
