@@ -132,6 +132,36 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- review ----------------------------------------------------------------------------------
+def cmd_review(args: argparse.Namespace) -> int:
+    from wildid import review
+
+    results = Path(args.results)
+    if args.review_command == "merge":
+        out, final = review.write_final(results, args.out)
+        sources = final["label_source"].value_counts()
+        print(f"wrote {out}: {len(final)} labelled images "
+              f"({int(sources.get('manual', 0))} manual, {int(sources.get('auto', 0))} auto)")
+    elif args.review_command == "export":
+        summary = review.export_training_set(results, args.out, layout=args.layout, include_auto=args.include_auto)
+        classes = ", ".join(f"{label} {n}" for label, n in sorted(summary.per_class.items()))
+        print(f"wrote {summary.out}: {summary.n_images} images ({classes}); labels in {summary.labels_csv}")
+        for path in summary.missing:
+            print(f"warning: image not found: {path}", file=sys.stderr)
+    else:
+        metrics = review.review_metrics(review.read_results(results), review.replay_journal(results))
+        if not metrics.n_reviewed:
+            print(f"reviewed 0 images (journal: {review.journal_path(results)})")
+            return 0
+        print(f"reviewed {metrics.n_reviewed}: accuracy {metrics.accuracy:.1%} ({metrics.n_correct} correct)")
+        if metrics.estimated_accuracy is not None:
+            print(f"estimated accuracy over all results (per-bin, weighted): {metrics.estimated_accuracy:.1%}")
+        for row in metrics.per_bin.itertuples():
+            accuracy = "-" if row.n == 0 else f"{row.accuracy:.1%}"
+            print(f"  confidence {row.bin}: {row.n:4d} reviewed, accuracy {accuracy:>6}, {row.share:.0%} of results")
+    return 0
+
+
 # --- parser ------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wildid", description="Identify animals from images.")
@@ -165,6 +195,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="also copy the .onnx file here")
     p.add_argument("--trust-checkpoint", action="store_true")
     p.set_defaults(func=cmd_export_onnx)
+
+    p = sub.add_parser("review", help="reviewed labels: merge into a final data set, export a training set")
+    review_sub = p.add_subparsers(dest="review_command", required=True)
+    r = review_sub.add_parser("merge", help="accepted auto labels + reviewed manual labels -> one CSV")
+    r.add_argument("results", help="results CSV from `wildid batch` (its journal is <stem>.reviewed.csv)")
+    r.add_argument("--out", help="output CSV (default <stem>.final.csv next to the results)")
+    r = review_sub.add_parser("export", help="reviewed images as a training set for `wildid train`")
+    r.add_argument("results")
+    r.add_argument("--out", required=True, help="new folder (imagefolder: copies) or a .csv (csv layout)")
+    r.add_argument("--layout", choices=("imagefolder", "csv"), default="imagefolder")
+    r.add_argument("--include-auto", action="store_true", help="also the automatically accepted labels")
+    r = review_sub.add_parser("stats", help="accuracy of the model on what has been reviewed")
+    r.add_argument("results")
+    p.set_defaults(func=cmd_review)
 
     return parser
 
