@@ -9,8 +9,8 @@ st.set_page_config(page_title="wildid", page_icon="🐾", layout="wide")
 
 pages = [
     st.Page("pages/identify.py", title="Identify", icon="🔎", default=True),
+    st.Page("pages/models.py", title="Models", icon="🧠"),
 ]
-navigation = st.navigation(pages)
 ui.model_picker()
 st.sidebar.caption("wildid · offline animal identification")
-navigation.run()
+st.navigation(pages).run()
