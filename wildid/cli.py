@@ -162,6 +162,60 @@ def cmd_review(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- train -----------------------------------------------------------------------------------
+def cmd_train(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from wildid.train import TrainConfig, command_line, load_labelled, train
+
+    config = TrainConfig(
+        arch=args.arch, mode=args.mode, weights=args.weights, epochs=args.epochs, folds=args.folds, nir=args.nir,
+        batch_size=args.batch_size, lr=args.lr, unfreeze=args.unfreeze, step=args.step, seed=args.seed,
+        task=args.task, title=args.title or "", workers=args.workers, cache=not args.no_cache,
+    )
+    data = load_labelled(args.data, groups=args.groups)
+    command = command_line(args.data, args.out, config, groups=args.groups, overwrite=args.overwrite)
+    bar = None
+
+    def progress(p) -> None:
+        nonlocal bar
+        if p.stage == "features":
+            if bar is None:
+                bar = tqdm(total=p.total, initial=p.done, unit="img", desc="features" if args.mode == "linear"
+                           else "reading", dynamic_ncols=True, disable=args.quiet)
+            bar.update(p.done - bar.n)
+            return
+        if bar is not None:
+            bar.close()
+            bar = None
+        if args.quiet:
+            return
+        if p.stage == "epoch" and (p.epoch == p.epochs or args.mode != "linear" or p.epoch % 10 == 0):
+            where = f"fold {p.fold}/{p.folds}" if p.fold else "final"
+            val = f"  val loss {p.val_loss:.3f} acc {p.val_acc:.3f}" if p.val_acc is not None else ""
+            extra = f"  ({p.message})" if p.message else ""
+            print(f"{where} epoch {p.epoch}/{p.epochs}: loss {p.loss:.3f} acc {p.acc:.3f}{val}{extra}")
+        elif p.stage == "fold":
+            print(f"fold {p.fold}/{p.folds}: held-out accuracy {p.val_acc:.3f}")
+
+    result = train(data, config, out=args.out, command=command, progress=progress, overwrite=args.overwrite)
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    metrics = result.metrics
+    summary = result.data.summary()
+    print(f"{summary['images']} images, {summary['classes']} classes, {summary['skipped']} skipped"
+          + (f", {summary['groups']} groups ({args.groups})" if args.groups else ""))
+    if "fold_accuracy" in metrics:
+        print(f"mean accuracy {metrics['accuracy']:.3f} +- {metrics['accuracy_std']:.3f} over folds "
+              f"{', '.join(f'{a:.3f}' for a in metrics['fold_accuracy'])}; macro F1 {metrics['macro_f1']:.3f}")
+        width = max(len(c) for c in result.card.classes)
+        for label, row in metrics["per_class"].items():
+            print(f"  {label.ljust(width)}  P {row['precision']:.3f}  R {row['recall']:.3f}  F1 {row['f1']:.3f}  n {row['support']}")
+    print(f"saved {result.card.name} ({result.card.arch}, {config.mode}) to {result.card.folder} "
+          f"in {result.seconds:.1f} s")
+    return 0
+
+
 # --- parser ------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wildid", description="Identify animals from images.")
@@ -209,6 +263,33 @@ def build_parser() -> argparse.ArgumentParser:
     r = review_sub.add_parser("stats", help="accuracy of the model on what has been reviewed")
     r.add_argument("results")
     p.set_defaults(func=cmd_review)
+
+    p = sub.add_parser("train", help="transfer learning from labelled images (ImageFolder or CSV)")
+    p.add_argument("data", help="folder with one sub-folder per class, or a CSV with path,label[,GROUP][,crop]")
+    p.add_argument("--out", required=True, help="model folder (models/NAME) or a bare NAME under the models root")
+    p.add_argument("--arch", default="efficientnet_lite0",
+                   help="efficientnet_lite0 | resnet18 | resnet50 | vit_base_patch16_224 | any timm name")
+    p.add_argument("--mode", choices=("linear", "finetune", "progressive"), default="linear")
+    p.add_argument("--weights", default=None,
+                   help="package | hub | none | PATH (default: package for efficientnet_lite0)")
+    p.add_argument("--epochs", type=int, default=None, help="default 60 for linear, 8 otherwise")
+    p.add_argument("--folds", type=int, default=5, help="cross-validation folds (0: no validation)")
+    p.add_argument("--groups", default=None,
+                   help="CSV column with sequence / camera / site ids kept on one side of each split "
+                        "(ImageFolder: 'folder' = class/GROUP/img)")
+    p.add_argument("--nir", action="store_true", help="near-infrared: grey input, no colour jitter")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--unfreeze", type=int, default=2, help="finetune: backbone blocks trained with the head")
+    p.add_argument("--step", type=int, default=2, help="progressive: epochs between unfreezing blocks")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--task", default="custom")
+    p.add_argument("--title", default=None)
+    p.add_argument("--workers", type=int, default=2, help="image-decoding threads")
+    p.add_argument("--no-cache", action="store_true", help="do not reuse cached backbone features")
+    p.add_argument("--overwrite", action="store_true", help="replace a trained model in --out")
+    p.add_argument("--quiet", "-q", action="store_true")
+    p.set_defaults(func=cmd_train)
 
     return parser
 
