@@ -132,34 +132,87 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
     return 0
 
 
-# --- review ----------------------------------------------------------------------------------
-def cmd_review(args: argparse.Namespace) -> int:
-    from wildid import review
+# --- evaluate --------------------------------------------------------------------------------
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
 
-    results = Path(args.results)
-    if args.review_command == "merge":
-        out, final = review.write_final(results, args.out)
-        sources = final["label_source"].value_counts()
-        print(f"wrote {out}: {len(final)} labelled images "
-              f"({int(sources.get('manual', 0))} manual, {int(sources.get('auto', 0))} auto)")
-    elif args.review_command == "export":
-        summary = review.export_training_set(results, args.out, layout=args.layout, include_auto=args.include_auto)
-        classes = ", ".join(f"{label} {n}" for label, n in sorted(summary.per_class.items()))
-        print(f"wrote {summary.out}: {summary.n_images} images ({classes}); labels in {summary.labels_csv}")
-        for path in summary.missing:
-            print(f"warning: image not found: {path}", file=sys.stderr)
-    else:
-        metrics = review.review_metrics(review.read_results(results), review.replay_journal(results))
-        if not metrics.n_reviewed:
-            print(f"reviewed 0 images (journal: {review.journal_path(results)})")
-            return 0
-        print(f"reviewed {metrics.n_reviewed}: accuracy {metrics.accuracy:.1%} ({metrics.n_correct} correct)")
-        if metrics.estimated_accuracy is not None:
-            print(f"estimated accuracy over all results (per-bin, weighted): {metrics.estimated_accuracy:.1%}")
-        for row in metrics.per_bin.itertuples():
-            accuracy = "-" if row.n == 0 else f"{row.accuracy:.1%}"
-            print(f"  confidence {row.bin}: {row.n:4d} reviewed, accuracy {accuracy:>6}, {row.share:.0%} of results")
+    from wildid import evaluate as ev
+
+    bars: dict[str, tqdm] = {}
+
+    def progress(name: str, done: int, total: int) -> None:
+        bar = bars.get(name)
+        if bar is None:
+            bar = bars[name] = tqdm(total=total, desc=name, unit="img", file=sys.stderr, disable=args.quiet)
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+
+    bundle = ev.evaluate(
+        args.data, args.model or [], threshold=args.threshold, truth=args.truth, population=args.population,
+        crops=args.crops, progress=progress, backend=args.backend,
+    )
+    for report in bundle["models"]:
+        s = report["summary"]
+        line = (f"{report['name']}: {s['n']} images, accuracy {s['accuracy']:.3f}, macro-F1 {s['macro_f1']:.3f}, "
+                f"balanced accuracy {s['balanced_accuracy']:.3f}, ECE {report['calibration']['ece']:.3f}")
+        if s["errors"]:
+            line += f", {s['errors']} unreadable"
+        print(line)
+        print(f"  {report['threshold']['text']}")
+        if report.get("corrected"):
+            c = report["corrected"]["summary"]
+            print(f"  class-proportion corrected: accuracy {c['accuracy']:.3f}, macro-F1 {c['macro_f1']:.3f}, "
+                  f"balanced accuracy {c['balanced_accuracy']:.3f}")
+        for note in report.get("notes", []):
+            print(f"  note: {note}")
+    if args.out:
+        print(f"wrote {ev.save_json(bundle, args.out)}")
+    if args.html:
+        print(f"wrote {ev.save_html(bundle, args.html)}")
     return 0
+
+
+# --- batch -----------------------------------------------------------------------------------
+def cmd_batch(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from wildid.batch import export_json, iter_batch, sort_into
+
+    if args.sort_into and Path(args.sort_into).expanduser().resolve().is_relative_to(Path(args.folder).expanduser().resolve()):
+        raise WildidError("--sort-into must lie outside the folder being classified")
+    predictor = predictor_from_args(args)
+    out = Path(args.out)
+    exclude = [p for p in (args.json_out, args.sort_into) if p]
+    statuses: dict[str, int] = {}
+    likely_empty = 0
+    steps = iter_batch(
+        args.folder, predictor, out, recursive=args.recursive, resume=args.resume, overwrite=args.overwrite,
+        threshold=args.threshold, workers=args.workers, batch_size=args.batch_size,
+        sequence_gap=args.sequence_gap, top_k=args.top_k, exclude=exclude,
+    )
+    first = next(steps)
+    with tqdm(total=first.total, initial=first.done, unit="img", desc="classifying", dynamic_ncols=True,
+              disable=args.quiet) as bar:
+        last = first
+        for step in steps:
+            bar.update(step.done - last.done)
+            last = step
+            for row in step.rows:
+                statuses[row["status"]] = statuses.get(row["status"], 0) + 1
+                score = row["empty_score"]
+                likely_empty += score is not None and score >= args.empty_threshold
+    rate = last.processed / last.elapsed if last.elapsed > 0 else 0.0
+    counts = ", ".join(f"{statuses.get(s, 0)} {s}" for s in ("accepted", "review", "error"))
+    print(f"{last.processed} files classified ({counts}; {likely_empty} likely empty at empty_score >= "
+          f"{args.empty_threshold}), {first.done} already done, {rate:.1f} images/s -> {out}")
+    if args.json_out:
+        export_json(out, args.json_out, predictor.card.classes, args.empty_threshold)
+        print(f"wrote {args.json_out}")
+    if args.sort_into:
+        sorted_counts = sort_into(out, args.sort_into, args.sort_mode, args.empty_threshold)
+        print(f"{args.sort_mode}: {sum(sorted_counts.values())} files into {args.sort_into}")
+    return 1 if statuses.get("error") else 0
 
 
 # --- train -----------------------------------------------------------------------------------
@@ -216,6 +269,178 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- review ----------------------------------------------------------------------------------
+def cmd_review(args: argparse.Namespace) -> int:
+    from wildid import review
+
+    results = Path(args.results)
+    if args.review_command == "merge":
+        out, final = review.write_final(results, args.out)
+        sources = final["label_source"].value_counts()
+        print(f"wrote {out}: {len(final)} labelled images "
+              f"({int(sources.get('manual', 0))} manual, {int(sources.get('auto', 0))} auto)")
+    elif args.review_command == "export":
+        summary = review.export_training_set(results, args.out, layout=args.layout, include_auto=args.include_auto)
+        classes = ", ".join(f"{label} {n}" for label, n in sorted(summary.per_class.items()))
+        print(f"wrote {summary.out}: {summary.n_images} images ({classes}); labels in {summary.labels_csv}")
+        for path in summary.missing:
+            print(f"warning: image not found: {path}", file=sys.stderr)
+    else:
+        metrics = review.review_metrics(review.read_results(results), review.replay_journal(results))
+        if not metrics.n_reviewed:
+            print(f"reviewed 0 images (journal: {review.journal_path(results)})")
+            return 0
+        print(f"reviewed {metrics.n_reviewed}: accuracy {metrics.accuracy:.1%} ({metrics.n_correct} correct)")
+        if metrics.estimated_accuracy is not None:
+            print(f"estimated accuracy over all results (per-bin, weighted): {metrics.estimated_accuracy:.1%}")
+        for row in metrics.per_bin.itertuples():
+            accuracy = "-" if row.n == 0 else f"{row.accuracy:.1%}"
+            print(f"  confidence {row.bin}: {row.n:4d} reviewed, accuracy {accuracy:>6}, {row.share:.0%} of results")
+    return 0
+
+
+# --- re-identification (gallery, identify, train-reid, evaluate-reid) --------------------------------
+def _reid_model_card(model: str | None, gallery_name: str | None = None):
+    """The embedding model: --model, else the gallery's, else the only one installed."""
+    from wildid import reid
+    from wildid.registry import find_card
+
+    if model:
+        return find_card(model)
+    if gallery_name:
+        try:
+            return find_card(reid.Gallery.open(gallery_name).model)
+        except WildidError:
+            pass
+    cards = reid.embedding_cards()
+    if len(cards) == 1:
+        return cards[0]
+    names = ", ".join(c.name for c in cards) or "none installed (train one with `wildid train-reid`)"
+    raise WildidError(f"give the embedding model with --model (embedding models: {names})")
+
+
+def cmd_gallery(args: argparse.Namespace) -> int:
+    from wildid import reid
+
+    if args.gallery_command == "list":
+        rows = [reid.Gallery.open(name).summary() for name in reid.list_galleries()]
+        if args.json:
+            print(json.dumps({"root": str(reid.galleries_root()), "galleries": rows}, indent=2))
+            return 0
+        if not rows:
+            print(f"no galleries in {reid.galleries_root()}; create one with `wildid gallery add FOLDER --gallery NAME`")
+            return 0
+        for row in rows:
+            threshold = "card" if row["threshold"] is None else f"{row['threshold']:.3f}"
+            print(f"{row['name']}: {row['individuals']} individuals, {row['images']} images, "
+                  f"model {row['model']}, threshold {threshold}")
+        return 0
+    from tqdm import tqdm
+
+    card = _reid_model_card(args.model, args.gallery)
+    embedder = reid.load_embedder(card.folder or card.name, backend=args.backend)
+    folders = reid.individual_folders(args.folder)
+    gallery = reid.Gallery.open_or_create(args.gallery, embedder.card)
+    gallery.check_model(embedder.card)
+    total = sum(len(v) for v in folders.values())
+    with tqdm(total=total, unit="img", desc=f"gallery {gallery.name}", disable=args.quiet, dynamic_ncols=True) as bar:
+        report = reid.add_folder(gallery, args.folder, embedder, progress=bar.update)
+    for failure in report.failed:
+        print(f"warning: skipped {failure}", file=sys.stderr)
+    summary = gallery.summary()
+    threshold = gallery.threshold(embedder.card)
+    print(f"added {len(report.added)} images ({len(report.skipped)} already there, {len(report.failed)} unreadable) "
+          f"to gallery {gallery.name}: {summary['individuals']} individuals, {summary['images']} images; "
+          f"threshold {threshold:.3f} ({gallery.meta.get('threshold_source')})")
+    return 0
+
+
+def cmd_identify(args: argparse.Namespace) -> int:
+    from wildid import reid
+
+    gallery = reid.Gallery.open(args.gallery)
+    card = _reid_model_card(args.model or gallery.model)
+    embedder = reid.load_embedder(card.folder or card.name, backend=args.backend)
+    if not gallery.entries:
+        raise WildidError(f"gallery {gallery.name!r} is empty; add individuals with `wildid gallery add`")
+    rows, failures = [], 0
+    for image in args.images:
+        try:
+            [result] = reid.identify(embedder, gallery, [image], top_k=args.top_k, threshold=args.threshold,
+                                     aggregate=args.aggregate)
+            rows.append({"path": image, **result.to_dict()})
+        except WildidError as exc:
+            failures += 1
+            rows.append({"path": image, "error": str(exc)})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for row in rows:
+            if "error" in row:
+                print(f"{row['path']}: error: {row['error']}")
+                continue
+            verdict = row["label"] if row["known"] else "unknown (new individual?)"
+            others = ", ".join(f"{m['individual']} {m['similarity']:.3f}" for m in row["matches"])
+            print(f"{row['path']}: {verdict}  similarity {row['similarity']:.3f} (threshold {row['threshold']:.3f})"
+                  f"  | {others}")
+    return 1 if failures else 0
+
+
+def cmd_train_reid(args: argparse.Namespace) -> int:
+    from wildid import reid
+    from wildid.cards import CARD_FILE, load_card
+    from wildid.registry import default_output_root
+
+    out = Path(args.out).expanduser()
+    if len(out.parts) == 1 and not out.exists():
+        out = default_output_root() / out
+    if (out / CARD_FILE).is_file() and load_card(out).has_weights and not args.overwrite:
+        raise WildidError(f"{out} already holds a trained model; pick another --out or pass --overwrite")
+
+    def progress(row: dict) -> None:
+        if args.quiet:
+            return
+        loss = "-" if row["epoch"] == 0 else f"{row['loss']:.3f}"
+        print(f"epoch {row['epoch']}/{args.epochs}: loss {loss}  val pair AUROC {row['val_pair_auroc']:.3f}  "
+              f"val top-1 {row['val_top1']:.3f}  val open-set AUROC {row['val_open_set_auroc']:.3f}"
+              + (f"  ({row['elapsed_s']:.0f} s)" if "elapsed_s" in row else "  (untrained)"), flush=True)
+
+    result = reid.train_embedding(
+        args.data, out, arch=args.arch, epochs=args.epochs, weights=args.weights, input_size=args.input_size,
+        batch_individuals=args.individuals_per_batch, per_individual=args.images_per_individual, lr=args.lr,
+        margin=args.margin, val_fraction=args.val_fraction, seed=args.seed, progress=progress,
+    )
+    m = result.card.metrics
+    print(f"saved {result.card.name} ({result.card.arch}, embedding) to {result.card.folder}: val pair AUROC "
+          f"{m['val_pair_auroc_untrained']:.3f} -> {m['val_pair_auroc']:.3f}, val top-1 {m['val_top1']:.3f}, "
+          f"open-set AUROC {m['val_open_set_auroc']:.3f}, threshold {result.card.threshold:.3f}")
+    return 0
+
+
+def cmd_evaluate_reid(args: argparse.Namespace) -> int:
+    from wildid import reid
+
+    gallery = reid.Gallery.open(args.gallery) if args.gallery else None
+    card = _reid_model_card(args.model or (gallery.model if gallery else None))
+    embedder = reid.load_embedder(card.folder or card.name, backend=args.backend)
+    result = reid.evaluate_reid(embedder, args.data, gallery=gallery, known_fraction=args.known_fraction,
+                                gallery_fraction=args.gallery_fraction, threshold=args.threshold,
+                                aggregate=args.aggregate, seed=args.seed)
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"model {result['model']}, gallery {result['gallery']}: {result['gallery_individuals']} known individuals "
+          f"({result['gallery_images']} gallery images), {result['known_queries']} known + "
+          f"{result['unknown_queries']} unknown queries")
+    print(f"top-1 {result['top1']:.3f}  top-5 {result['top5']:.3f}  open-set rejection AUROC {result['open_set_auroc']:.3f}")
+    if "threshold" in result:
+        print(f"at threshold {result['threshold']:.3f}: {result['unknown_rejected']:.1%} of unknowns rejected, "
+              f"{result['known_accepted']:.1%} of known accepted ({result['known_accepted_correct']:.1%} accepted and right)")
+    return 0
+
+
 # --- parser ------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wildid", description="Identify animals from images.")
@@ -250,19 +475,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-checkpoint", action="store_true")
     p.set_defaults(func=cmd_export_onnx)
 
-    p = sub.add_parser("review", help="reviewed labels: merge into a final data set, export a training set")
-    review_sub = p.add_subparsers(dest="review_command", required=True)
-    r = review_sub.add_parser("merge", help="accepted auto labels + reviewed manual labels -> one CSV")
-    r.add_argument("results", help="results CSV from `wildid batch` (its journal is <stem>.reviewed.csv)")
-    r.add_argument("--out", help="output CSV (default <stem>.final.csv next to the results)")
-    r = review_sub.add_parser("export", help="reviewed images as a training set for `wildid train`")
-    r.add_argument("results")
-    r.add_argument("--out", required=True, help="new folder (imagefolder: copies) or a .csv (csv layout)")
-    r.add_argument("--layout", choices=("imagefolder", "csv"), default="imagefolder")
-    r.add_argument("--include-auto", action="store_true", help="also the automatically accepted labels")
-    r = review_sub.add_parser("stats", help="accuracy of the model on what has been reviewed")
-    r.add_argument("results")
-    p.set_defaults(func=cmd_review)
+    p = sub.add_parser("evaluate", help="confusion matrix, per-class metrics, confidence bins, calibration")
+    p.add_argument("data", nargs="+", help="labelled folder (one sub-folder per class) or CSV path,label; "
+                   "or results CSV(s) from `wildid batch` with --truth or a reviewed journal beside them")
+    p.add_argument("--model", "-m", action="append", help="model to evaluate on labelled data (repeat to compare)")
+    p.add_argument("--truth", help="CSV path,label of true labels for a results CSV")
+    p.add_argument("--population", help="full results CSV whose predicted-class proportions correct the metrics")
+    p.add_argument("--crops", action="store_true", help="compare full-frame vs cropped (labelled CSV with a crop column)")
+    p.add_argument("--threshold", type=float, default=0.9, help="accept predictions with confidence >= this")
+    p.add_argument("--backend", choices=("torch", "onnx"), default="torch")
+    p.add_argument("--out", help="write the report as JSON")
+    p.add_argument("--html", help="write a self-contained HTML report (works offline)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("batch", help="classify a folder of images into a results CSV (resumable)")
+    p.add_argument("folder", help="folder of images (camera-trap frames)")
+    add_model_options(p)
+    p.add_argument("--out", "-o", default="results.csv", help="results CSV (default results.csv)")
+    p.add_argument("--threshold", type=float, default=None, help="accept at or above this confidence (default: the card's)")
+    p.add_argument("--recursive", "-r", action="store_true", help="include sub-folders")
+    p.add_argument("--resume", action="store_true", help="finish an interrupted run: skip files already in --out")
+    p.add_argument("--overwrite", action="store_true", help="start again, replacing an existing --out")
+    p.add_argument("--workers", type=int, default=2, help="decode threads (default 2)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--empty-threshold", type=float, default=0.9, help="empty_score at or above this = likely empty")
+    p.add_argument("--sequence-gap", type=float, default=60.0, help="seconds between frames of one sequence")
+    p.add_argument("--json-out", help="also write MegaDetector/Timelapse-style JSON here")
+    p.add_argument("--sort-into", help="copy (or symlink) files into DIR/<label>/ after classifying")
+    p.add_argument("--sort-mode", choices=("copy", "symlink"), default="copy", help="never moves files")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_batch)
 
     p = sub.add_parser("train", help="transfer learning from labelled images (ImageFolder or CSV)")
     p.add_argument("data", help="folder with one sub-folder per class, or a CSV with path,label[,GROUP][,crop]")
@@ -290,6 +534,78 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a trained model in --out")
     p.add_argument("--quiet", "-q", action="store_true")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("review", help="reviewed labels: merge into a final data set, export a training set")
+    review_sub = p.add_subparsers(dest="review_command", required=True)
+    r = review_sub.add_parser("merge", help="accepted auto labels + reviewed manual labels -> one CSV")
+    r.add_argument("results", help="results CSV from `wildid batch` (its journal is <stem>.reviewed.csv)")
+    r.add_argument("--out", help="output CSV (default <stem>.final.csv next to the results)")
+    r = review_sub.add_parser("export", help="reviewed images as a training set for `wildid train`")
+    r.add_argument("results")
+    r.add_argument("--out", required=True, help="new folder (imagefolder: copies) or a .csv (csv layout)")
+    r.add_argument("--layout", choices=("imagefolder", "csv"), default="imagefolder")
+    r.add_argument("--include-auto", action="store_true", help="also the automatically accepted labels")
+    r = review_sub.add_parser("stats", help="accuracy of the model on what has been reviewed")
+    r.add_argument("results")
+    p.set_defaults(func=cmd_review)
+
+    p = sub.add_parser("gallery", help="re-ID galleries of known individuals: add, list")
+    gallery_sub = p.add_subparsers(dest="gallery_command", required=True)
+    g = gallery_sub.add_parser("add", help="add FOLDER/<individual>/*.jpg to a gallery (created if new; append only)")
+    g.add_argument("folder", help="folder with one sub-folder of images per individual")
+    g.add_argument("--gallery", "-g", required=True, help="gallery name (folder under the galleries root)")
+    g.add_argument("--model", "-m", help="embedding model (default: the gallery's, or the only one installed)")
+    g.add_argument("--backend", choices=("torch", "onnx"), default="torch")
+    g.add_argument("--quiet", "-q", action="store_true")
+    g = gallery_sub.add_parser("list", help="list galleries")
+    g.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_gallery)
+
+    p = sub.add_parser("identify", help="which known individual is this? (re-ID against a gallery)")
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--gallery", "-g", required=True)
+    p.add_argument("--model", "-m", help="embedding model (default: the gallery's)")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--threshold", type=float, default=None,
+                   help="'unknown' below this similarity (default: the gallery's calibrated one, else the card's)")
+    p.add_argument("--aggregate", choices=("max", "mean"), default="max",
+                   help="per individual: best image, or mean of its top 3 images")
+    p.add_argument("--backend", choices=("torch", "onnx"), default="torch")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_identify)
+
+    p = sub.add_parser("train-reid", help="learn a re-ID embedding (batch-hard triplet loss) from individual folders")
+    p.add_argument("data", help="folder with one sub-folder of images per individual")
+    p.add_argument("--out", required=True, help="model folder (models/NAME) or a bare NAME under the models root")
+    p.add_argument("--arch", default="resnet18", help="any timm backbone (its head is removed)")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--weights", default="none", help="package | hub | none | PATH (backbone initialisation)")
+    p.add_argument("--input-size", type=int, default=None, help="square input side (default: the arch's)")
+    p.add_argument("--individuals-per-batch", type=int, default=8, help="P of the P x K batches")
+    p.add_argument("--images-per-individual", type=int, default=4, help="K of the P x K batches")
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--margin", type=float, default=0.3)
+    p.add_argument("--val-fraction", type=float, default=0.3, help="share of individuals held out (open set)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace a trained model in --out")
+    p.add_argument("--quiet", "-q", action="store_true")
+    p.set_defaults(func=cmd_train_reid)
+
+    p = sub.add_parser("evaluate-reid", help="open-set re-ID evaluation: top-1/top-5, rejection AUROC")
+    p.add_argument("data", help="folder with one sub-folder of images per individual")
+    p.add_argument("--model", "-m", help="embedding model (default: the gallery's, or the only one installed)")
+    p.add_argument("--gallery", "-g", help="evaluate against this gallery (individuals it lacks are the unknowns); "
+                   "default: split DATA's individuals into known and unknown")
+    p.add_argument("--known-fraction", type=float, default=0.5, help="without --gallery: share of known individuals")
+    p.add_argument("--gallery-fraction", type=float, default=0.5,
+                   help="without --gallery: share of a known individual's images in the gallery")
+    p.add_argument("--threshold", type=float, default=None)
+    p.add_argument("--aggregate", choices=("max", "mean"), default="max")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--backend", choices=("torch", "onnx"), default="torch")
+    p.add_argument("--out", help="write the figures as JSON")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_evaluate_reid)
 
     return parser
 

@@ -21,6 +21,7 @@ is small enough to read here.
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -61,7 +62,10 @@ def confusion(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str
     if len(y_true) == 0:
         counts = np.zeros((len(labels), len(labels)), dtype=int)
     else:
-        counts = confusion_matrix(_as_str(y_true), _as_str(y_pred), labels=labels)
+        with warnings.catch_warnings():
+            # sklearn warns when only one label occurs; we always pass the full label list.
+            warnings.simplefilter("ignore", UserWarning)
+            counts = confusion_matrix(_as_str(y_true), _as_str(y_pred), labels=labels)
     return {"labels": labels, "counts": counts, "normalized": row_normalize(counts)}
 
 
@@ -107,8 +111,6 @@ def summary(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str] 
         return {"n": 0, "accuracy": float("nan"), "macro_f1": float("nan"), "balanced_accuracy": float("nan")}
     labels = list(labels) if labels is not None else label_order(y_true, y_pred)
     t, p = _as_str(y_true), _as_str(y_pred)
-    import warnings
-
     with warnings.catch_warnings():
         # balanced accuracy warns when a predicted label never occurs in truth; the value is still right.
         warnings.simplefilter("ignore")

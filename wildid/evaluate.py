@@ -1,0 +1,657 @@
+"""Evaluate models on labelled data, or a results table against true labels; build and export reports.
+
+Three ways in, one report out:
+
+    items = load_labelled("data/")                      # ImageFolder, or CSV path,label[,group,crop]
+    run = run_predictor(predictor, items, progress=cb)  # predictions + truth
+    run = from_results("batch.csv", truth="truth.csv")  # results table + CSV of true labels
+    run = from_journal("batch.csv")                     # results table + its <stem>.reviewed.csv
+    report = build_report(run, threshold=0.9)
+    bundle = combine([report, ...])                     # several models / variants + compare table
+    save_json(bundle, "report.json"); save_html(bundle, "report.html")
+
+Figures (plotly) are built here too, so the dashboard page and the HTML export draw the
+same pictures.  Nothing here imports streamlit.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import html
+import io
+import json
+import math
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Callable, Iterable, Mapping, Sequence, Union
+
+import numpy as np
+
+from wildid import metrics as M
+from wildid.errors import DataError, ImageError
+from wildid.imaging import crop as crop_image
+from wildid.imaging import is_image_file
+
+CsvSource = Union[str, os.PathLike, BinaryIO, io.StringIO]
+Progress = Callable[[int, int], None]
+DEFAULT_THRESHOLD = 0.9
+HOVER_FILES = 5
+
+
+# --- data in ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LabelledItem:
+    path: str
+    label: str
+    group: str | None = None
+    crop: tuple[float, float, float, float] | None = None
+
+
+@dataclass
+class Run:
+    """Truth and predictions for one model / variant; ``errors`` are files that could not be classified."""
+
+    name: str
+    paths: list[str]
+    y_true: list[str]
+    y_pred: list[str]
+    confidence: list[float]
+    classes: tuple[str, ...] = ()
+    errors: list[dict[str, str]] = field(default_factory=list)
+    population: dict[str, int] | None = None  # predicted-label counts of the full set (for the correction)
+    source: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+def check_allowed(path: str | os.PathLike) -> Path:
+    """Server-side paths typed in the app must lie under WILDID_ALLOWED_ROOT when that is set."""
+    resolved = Path(path).expanduser().resolve()
+    root = os.environ.get("WILDID_ALLOWED_ROOT")
+    if root:
+        root_path = Path(root).expanduser().resolve()
+        if resolved != root_path and root_path not in resolved.parents:
+            raise DataError(f"{path}: outside the allowed folder {root_path}; use a path under it")
+    return resolved
+
+
+def _read_csv_rows(source: CsvSource) -> tuple[list[dict[str, str]], str]:
+    """Rows of a CSV (path, or uploaded file-like); column names lower-cased and stripped."""
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.is_file():
+            raise DataError(f"{path}: no such CSV file")
+        text, name = path.read_text(encoding="utf-8-sig"), str(path)
+    else:
+        data = source.read()
+        text = data.decode("utf-8-sig") if isinstance(data, bytes) else data
+        name = getattr(source, "name", "uploaded CSV")
+    reader = csv.DictReader(io.StringIO(text))
+    if not reader.fieldnames:
+        raise DataError(f"{name}: empty CSV (expected a header row)")
+    rows = [{(k or "").strip().lower(): (v or "").strip() for k, v in row.items()} for row in reader]
+    return rows, name
+
+
+def _parse_crop(text: str, where: str) -> tuple[float, float, float, float] | None:
+    if not text:
+        return None
+    parts = [p for p in text.replace(";", ",").split(",") if p.strip()]
+    try:
+        values = tuple(float(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) != 4:
+        raise DataError(f"{where}: crop must be 'x,y,w,h' in pixels, got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def load_labelled(source: str | os.PathLike) -> list[LabelledItem]:
+    """An ImageFolder (one sub-folder per class) or a CSV with path,label (+ optional group, crop)."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        items = [
+            LabelledItem(str(f), class_dir.name)
+            for class_dir in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+            for f in sorted(class_dir.rglob("*"))
+            if f.is_file() and is_image_file(f)
+        ]
+        if not items:
+            raise DataError(f"{path}: no images in class sub-folders (expected {path}/<class>/<image>.jpg)")
+        return items
+    if path.suffix.lower() == ".csv":
+        rows, name = _read_csv_rows(path)
+        if rows and not {"path", "label"} <= set(rows[0]):
+            raise DataError(f"{name}: a labelled CSV needs columns path,label (found {', '.join(rows[0])})")
+        items = []
+        for number, row in enumerate(rows, start=2):
+            if not row.get("path") or not row.get("label"):
+                continue
+            file = Path(row["path"]).expanduser()
+            if not file.is_absolute():
+                file = path.parent / file
+            items.append(LabelledItem(str(file), row["label"], row.get("group") or None,
+                                      _parse_crop(row.get("crop", ""), f"{name} line {number}")))
+        if not items:
+            raise DataError(f"{name}: no rows with both path and label")
+        return items
+    if not path.exists():
+        raise DataError(f"{path}: no such folder or CSV file")
+    raise DataError(f"{path}: expected a folder of class sub-folders or a CSV with path,label")
+
+
+def run_predictor(
+    predictor,
+    items: Sequence[LabelledItem],
+    progress: Progress | None = None,
+    use_crops: bool = False,
+    name: str | None = None,
+    batch_size: int | None = None,
+) -> Run:
+    """Classify every labelled item; unreadable files are recorded in ``errors``, not raised."""
+    import torch
+
+    card = predictor.card
+    run = Run(name=name or card.name, paths=[], y_true=[], y_pred=[], confidence=[], classes=tuple(card.classes),
+              source=f"{len(items)} labelled images")
+    size = batch_size or getattr(predictor, "batch_size", 16)
+    done = 0
+    if progress:
+        progress(0, len(items))
+    for start in range(0, len(items), size):
+        chunk = items[start:start + size]
+        tensors, kept = [], []
+        for item in chunk:
+            try:
+                img = predictor.load(item.path)
+                if use_crops and item.crop is not None:
+                    img = crop_image(img, item.crop)
+                tensors.append(predictor.preprocess(img))
+                kept.append(item)
+            except ImageError as exc:
+                run.errors.append({"path": item.path, "error": str(exc)})
+        if tensors:
+            for item, pred in zip(kept, predictor.postprocess(predictor.predict_proba(torch.stack(tensors)), top_k=1)):
+                run.paths.append(item.path)
+                run.y_true.append(item.label)
+                run.y_pred.append(pred.label)
+                run.confidence.append(float(pred.confidence))
+        done += len(chunk)
+        if progress:
+            progress(done, len(items))
+    return run
+
+
+def read_results(source: CsvSource) -> list[dict[str, str]]:
+    """A batch results table (see the results-table contract): needs path, label, confidence."""
+    rows, name = _read_csv_rows(source)
+    if rows and not {"path", "label", "confidence"} <= set(rows[0]):
+        raise DataError(f"{name}: not a results table (needs columns path, label, confidence)")
+    if not rows:
+        raise DataError(f"{name}: the results table has no rows")
+    return rows
+
+
+def read_truth(source: CsvSource) -> tuple[dict[str, str], Path | None]:
+    """A CSV path,label of true labels -> {path: label}, and the folder relative paths start from."""
+    rows, name = _read_csv_rows(source)
+    if not rows or not {"path", "label"} <= set(rows[0]):
+        raise DataError(f"{name}: a truth CSV needs columns path,label")
+    base = Path(source).expanduser().resolve().parent if isinstance(source, (str, os.PathLike)) else None
+    return {row["path"]: row["label"] for row in rows if row.get("path") and row.get("label")}, base
+
+
+def journal_path_for(results_path: str | os.PathLike) -> Path:
+    path = Path(results_path)
+    return path.with_name(f"{path.stem}.reviewed.csv")
+
+
+def read_journal(source: CsvSource) -> dict[str, str]:
+    """Reviewed labels {path: true_label}; the journal is append-only, so the last entry per path wins."""
+    rows, name = _read_csv_rows(source)
+    if rows and not {"path", "true_label"} <= set(rows[0]):
+        raise DataError(f"{name}: not a reviewed-labels journal (needs columns path, true_label)")
+    truth: dict[str, str] = {}
+    for row in rows:
+        if row.get("path") and row.get("true_label"):
+            truth[row["path"]] = row["true_label"]
+    return truth
+
+
+def _match_keys(row: Mapping[str, str]) -> list[str]:
+    keys = [row["path"]]
+    if row.get("relpath"):
+        keys.append(row["relpath"])
+    try:
+        keys.append(str(Path(row["path"]).expanduser().resolve()))
+    except OSError:
+        pass
+    return keys
+
+
+def _join(results: list[dict[str, str]], truth: Mapping[str, str], base: Path | None) -> list[tuple[dict[str, str], str]]:
+    """Pair result rows with true labels by path, relpath, resolved path, or (when unique) file name."""
+    index: dict[str, int] = {}
+    by_name: dict[str, list[int]] = {}
+    for i, row in enumerate(results):
+        for key in _match_keys(row):
+            index.setdefault(key, i)
+        by_name.setdefault(Path(row["path"]).name, []).append(i)
+    pairs: dict[int, str] = {}
+    for path, label in truth.items():
+        candidates = [path]
+        if base is not None and not Path(path).is_absolute():
+            candidates.append(str((base / path).resolve()))
+        hit = next((index[c] for c in candidates if c in index), None)
+        if hit is None and len(by_name.get(Path(path).name, [])) == 1:
+            hit = by_name[Path(path).name][0]
+        if hit is not None:
+            pairs[hit] = label
+    return [(results[i], label) for i, label in sorted(pairs.items())]
+
+
+def _run_from_pairs(name: str, results: list[dict[str, str]], pairs, n_truth: int, source: str) -> Run:
+    ok_rows = [row for row in results if row.get("status", "") != "error"]
+    population = dict(Counter(row["label"] for row in ok_rows if row.get("label")))
+    run = Run(name=name, paths=[], y_true=[], y_pred=[], confidence=[], population=population, source=source)
+    for row, label in pairs:
+        if row.get("status") == "error" or not row.get("label"):
+            run.errors.append({"path": row["path"], "error": row.get("error") or "not classified"})
+            continue
+        try:
+            confidence = float(row["confidence"])
+        except ValueError:
+            run.errors.append({"path": row["path"], "error": f"bad confidence {row['confidence']!r}"})
+            continue
+        run.paths.append(row["path"])
+        run.y_true.append(label)
+        run.y_pred.append(row["label"])
+        run.confidence.append(confidence)
+    if not pairs:
+        raise DataError(f"{source}: no true label matches a file in the results (compare the path columns)")
+    if len(pairs) < n_truth:
+        run.notes.append(f"{n_truth - len(pairs)} labelled files are not in the results and were skipped.")
+    return run
+
+
+def _model_name(results: list[dict[str, str]], fallback: str) -> str:
+    names = Counter(row.get("model", "") for row in results if row.get("model"))
+    return names.most_common(1)[0][0] if names else fallback
+
+
+def from_results(results: CsvSource, truth: CsvSource, name: str | None = None) -> Run:
+    """A results table plus a CSV of true labels (any subset of the files)."""
+    rows = read_results(results)
+    labels, base = read_truth(truth)
+    results_name = Path(getattr(results, "name", None) or str(results)).name
+    run = _run_from_pairs(name or _model_name(rows, Path(results_name).stem), rows, _join(rows, labels, base), len(labels),
+                          f"{results_name} + {Path(getattr(truth, 'name', None) or str(truth)).name}")
+    return run
+
+
+def from_journal(results: str | os.PathLike, journal: CsvSource | None = None, name: str | None = None) -> Run:
+    """A results table and its reviewed-labels journal (``<results stem>.reviewed.csv``)."""
+    rows = read_results(results)
+    journal = journal if journal is not None else journal_path_for(results)
+    if isinstance(journal, (str, os.PathLike)) and not Path(journal).is_file():
+        raise DataError(f"{journal}: no reviewed-labels journal next to the results (review some images first)")
+    labels = read_journal(journal)
+    run = _run_from_pairs(name or _model_name(rows, Path(results).stem), rows, _join(rows, labels, None), len(labels),
+                          f"{Path(results).name} + reviewed journal")
+    run.notes.append("Reviewed images are the ones people chose or were sent to review, not a random sample: "
+                     "read the accuracy as accuracy on reviewed images.")
+    return run
+
+
+def population_from_results(source: CsvSource) -> dict[str, int]:
+    """Predicted-label counts of a full results table (for the class-proportion correction)."""
+    rows = read_results(source)
+    return dict(Counter(row["label"] for row in rows if row.get("status") != "error" and row.get("label")))
+
+
+# --- report ------------------------------------------------------------------------------------
+def build_report(run: Run, threshold: float = DEFAULT_THRESHOLD, population: Mapping[str, int] | None = None) -> dict[str, Any]:
+    """All dashboard numbers for one run, JSON-friendly once passed through ``to_jsonable``."""
+    labels = M.label_order(run.y_true, run.y_pred, run.classes)
+    correct = [t == p for t, p in zip(run.y_true, run.y_pred)]
+    cm = M.confusion(run.y_true, run.y_pred, labels)
+    cells: dict[str, list[str]] = {}
+    for path, t, p in zip(run.paths, run.y_true, run.y_pred):
+        cells.setdefault(f"{t}\t{p}", []).append(path)
+    population = population if population is not None else run.population
+    corrected = None
+    if population:
+        corrected = M.proportion_corrected(run.y_true, run.y_pred, population, labels)
+        corrected["sample_size"] = len(run.y_true)
+        corrected["population_size"] = int(sum(population.values()))
+    return {
+        "name": run.name,
+        "source": run.source,
+        "created": _dt.datetime.now().isoformat(timespec="seconds"),
+        "labels": labels,
+        "summary": {**M.summary(run.y_true, run.y_pred, labels), "errors": len(run.errors)},
+        "per_class": M.per_class(run.y_true, run.y_pred, labels),
+        "confusion": cm,
+        "cells": {key: paths for key, paths in cells.items()},
+        "confidence_bins": M.confidence_bins(correct, run.confidence),
+        "coverage": M.coverage_curve(correct, run.confidence),
+        "threshold": M.threshold_summary(correct, run.confidence, threshold),
+        "calibration": M.reliability(correct, run.confidence),
+        "corrected": corrected,
+        "items": [
+            {"path": p, "true": t, "pred": q, "confidence": c, "correct": t == q}
+            for p, t, q, c in zip(run.paths, run.y_true, run.y_pred, run.confidence)
+        ],
+        "errors": run.errors,
+        "notes": run.notes,
+    }
+
+
+def cell_paths(report: Mapping[str, Any], true_label: str, predicted_label: str) -> list[str]:
+    return list(report["cells"].get(f"{true_label}\t{predicted_label}", []))
+
+
+def combine(reports: Sequence[dict[str, Any]], data: str = "") -> dict[str, Any]:
+    """Several model / variant reports on the same data, with the side-by-side table."""
+    names = Counter()
+    for report in reports:  # keep names unique so tables and figures can key on them
+        names[report["name"]] += 1
+        if names[report["name"]] > 1:
+            report["name"] = f"{report['name']} ({names[report['name']]})"
+    return {
+        "wildid_report": 1,
+        "created": _dt.datetime.now().isoformat(timespec="seconds"),
+        "data": data,
+        "models": list(reports),
+        "compare": M.compare_table(reports),
+    }
+
+
+def rethreshold(report: dict[str, Any], threshold: float) -> dict[str, Any]:
+    """The report's threshold summary at another T (the page's slider)."""
+    items = report["items"]
+    return M.threshold_summary([i["correct"] for i in items], [i["confidence"] for i in items], threshold)
+
+
+def evaluate(
+    data: str | os.PathLike,
+    models: Sequence[str],
+    threshold: float = DEFAULT_THRESHOLD,
+    truth: str | os.PathLike | None = None,
+    population: str | os.PathLike | None = None,
+    crops: bool = False,
+    progress: Callable[[str, int, int], None] | None = None,
+    backend: str = "torch",
+) -> dict[str, Any]:
+    """The CLI's entry: DATA is labelled data (run each model) or results CSV(s) (+ truth or journal)."""
+    from wildid.registry import load_predictor
+
+    data_paths = [Path(d).expanduser() for d in ([data] if isinstance(data, (str, os.PathLike)) else data)]
+    counts = population_from_results(population) if population else None
+    reports = []
+    if all(p.suffix.lower() == ".csv" and _looks_like_results(p) for p in data_paths):
+        for path in data_paths:
+            run = from_results(path, truth) if truth else from_journal(path)
+            reports.append(build_report(run, threshold, counts))
+        return combine(reports, ", ".join(map(str, data_paths)))
+    if len(data_paths) != 1:
+        raise DataError("give one labelled folder or CSV, or one or more results CSVs")
+    items = load_labelled(data_paths[0])
+    if not models:
+        raise DataError("labelled data needs at least one --model to evaluate")
+    has_crops = any(item.crop for item in items)
+    if crops and not has_crops:
+        raise DataError(f"{data_paths[0]}: --crops needs a 'crop' column (x,y,w,h) in the labelled CSV")
+    for model in models:
+        predictor = load_predictor(model, backend=backend)
+        variants = [(False, predictor.card.name)]
+        if crops:
+            variants = [(False, f"{predictor.card.name} full-frame"), (True, f"{predictor.card.name} cropped")]
+        for use_crops, name in variants:
+            callback = (lambda done, total, _n=name: progress(_n, done, total)) if progress else None
+            run = run_predictor(predictor, items, callback, use_crops=use_crops, name=name)
+            run.source = str(data_paths[0])
+            reports.append(build_report(run, threshold, counts))
+    return combine(reports, str(data_paths[0]))
+
+
+def _looks_like_results(path: Path) -> bool:
+    try:
+        with path.open(encoding="utf-8-sig") as handle:
+            header = next(csv.reader(handle), [])
+    except OSError:
+        return False
+    columns = {h.strip().lower() for h in header}
+    return {"path", "label", "confidence"} <= columns
+
+
+# --- export ----------------------------------------------------------------------------------
+def to_jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return to_jsonable(value.tolist())
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating, float)):
+        value = float(value)
+        return None if math.isnan(value) or math.isinf(value) else value
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value
+
+
+def to_json(bundle: Mapping[str, Any]) -> str:
+    return json.dumps(to_jsonable(bundle), indent=1)
+
+
+def save_json(bundle: Mapping[str, Any], path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(to_json(bundle), encoding="utf-8")
+    return path
+
+
+def load_report(source: str | os.PathLike | bytes) -> dict[str, Any]:
+    """A report written by ``save_json`` (matrices come back as numpy arrays)."""
+    text = source.decode("utf-8") if isinstance(source, bytes) else Path(source).read_text(encoding="utf-8")
+    bundle = json.loads(text)
+    if bundle.get("wildid_report") != 1:
+        raise DataError("not a wildid evaluation report (JSON)")
+    for report in bundle["models"]:
+        report["confusion"]["counts"] = np.asarray(report["confusion"]["counts"], dtype=int)
+        report["confusion"]["normalized"] = np.asarray(report["confusion"]["normalized"], dtype=float)
+    return bundle
+
+
+# --- figures (plotly) ----------------------------------------------------------------------------
+def _hover_files(paths: list[str]) -> str:
+    names = [html.escape(Path(p).name) for p in paths[:HOVER_FILES]]
+    more = f"<br>… and {len(paths) - HOVER_FILES} more" if len(paths) > HOVER_FILES else ""
+    return "<br>".join(names) + more if names else "(none)"
+
+
+def confusion_figure(report: Mapping[str, Any], normalized: bool = False):
+    import plotly.graph_objects as go
+
+    labels = report["labels"]
+    counts = np.asarray(report["confusion"]["counts"])
+    share = np.asarray(report["confusion"]["normalized"])
+    z = share if normalized else counts
+    text = [[f"{share[i, j]:.0%}" if normalized else str(counts[i, j]) for j in range(len(labels))] for i in range(len(labels))]
+    files = [[_hover_files(cell_paths(report, t, p)) for p in labels] for t in labels]
+    custom = np.dstack([counts, share, np.asarray(files, dtype=object)]) if labels else None
+    fig = go.Figure(
+        go.Heatmap(
+            z=z, x=labels, y=labels, text=text, texttemplate="%{text}", colorscale="Blues",
+            zmin=0, zmax=1 if normalized else None, customdata=custom,
+            hovertemplate="true: %{y}<br>predicted: %{x}<br>count: %{customdata[0]} (%{customdata[1]:.0%} of row)"
+                          "<br>%{customdata[2]}<extra></extra>",
+            colorbar={"title": "share of row" if normalized else "images"},
+        )
+    )
+    fig.update_layout(
+        title=f"Confusion matrix: {report['name']}" + (" (row-normalised)" if normalized else " (counts)"),
+        xaxis_title="predicted", yaxis_title="true", yaxis_autorange="reversed",
+        height=max(360, 60 + 42 * len(labels)), margin={"t": 60, "l": 10, "r": 10, "b": 10},
+    )
+    return fig
+
+
+def bins_figure(report: Mapping[str, Any]):
+    import plotly.graph_objects as go
+
+    bins = report["confidence_bins"]
+    fig = go.Figure(
+        go.Bar(
+            x=[b["bin"] for b in bins], y=[b["accuracy"] for b in bins],
+            text=[f"n={b['count']}" for b in bins], textposition="outside",
+            hovertemplate="confidence %{x}<br>accuracy %{y:.1%}<br>%{text}<extra></extra>",
+            marker_color="#3b7d4f",
+        )
+    )
+    fig.update_layout(title="Accuracy per confidence bin", xaxis_title="confidence", yaxis_title="accuracy",
+                      yaxis_range=[0, 1.12], yaxis_tickformat=".0%", height=360, margin={"t": 60, "b": 10})
+    return fig
+
+
+def coverage_figure(report: Mapping[str, Any], threshold: float | None = None):
+    import plotly.graph_objects as go
+
+    curve = report["coverage"]
+    t = [row["threshold"] for row in curve]
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=t, y=[row["coverage"] for row in curve], name="coverage (share accepted)", mode="lines"))
+    fig.add_trace(go.Scatter(x=t, y=[row["accuracy"] for row in curve], name="accuracy of accepted", mode="lines"))
+    threshold = report["threshold"]["threshold"] if threshold is None else threshold
+    fig.add_vline(x=threshold, line_dash="dash", line_color="grey", annotation_text=f"T={threshold:.2f}")
+    fig.update_layout(title="Accept everything above T", xaxis_title="threshold T", yaxis_tickformat=".0%",
+                      yaxis_range=[0, 1.05], height=360, margin={"t": 60, "b": 10}, legend={"orientation": "h", "y": -0.2})
+    return fig
+
+
+def reliability_figure(report: Mapping[str, Any]):
+    import plotly.graph_objects as go
+
+    cal = report["calibration"]
+    bins = [b for b in cal["bins"] if b["count"]]
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect calibration", line={"dash": "dot", "color": "grey"}))
+    fig.add_trace(go.Bar(x=[(b["lower"] + b["upper"]) / 2 for b in bins], y=[b["accuracy"] for b in bins], width=0.09,
+                         name="accuracy", customdata=[[b["count"], b["mean_confidence"]] for b in bins],
+                         hovertemplate="bin %{x:.2f}<br>accuracy %{y:.1%}<br>mean confidence %{customdata[1]:.1%}"
+                                       "<br>n=%{customdata[0]}<extra></extra>"))
+    fig.add_trace(go.Scatter(x=[b["mean_confidence"] for b in bins], y=[b["accuracy"] for b in bins], mode="markers",
+                             name="(mean confidence, accuracy)"))
+    ece = cal["ece"]
+    fig.update_layout(title=f"Reliability diagram (ECE {ece:.3f})" if ece is not None and not math.isnan(ece) else "Reliability diagram",
+                      xaxis_title="confidence", yaxis_title="accuracy", xaxis_range=[0, 1], yaxis_range=[0, 1.05],
+                      height=360, margin={"t": 60, "b": 10}, legend={"orientation": "h", "y": -0.2})
+    return fig
+
+
+def compare_figure(bundle: Mapping[str, Any]):
+    import plotly.graph_objects as go
+
+    rows = bundle["compare"]
+    fig = go.Figure()
+    for key, title in (("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("balanced_accuracy", "balanced accuracy"),
+                       ("coverage", "coverage at T")):
+        fig.add_trace(go.Bar(x=[r["name"] for r in rows], y=[r[key] for r in rows], name=title,
+                             text=[f"{r[key]:.1%}" if r[key] is not None else "" for r in rows], textposition="outside"))
+    fig.update_layout(barmode="group", title="Models side by side", yaxis_tickformat=".0%", yaxis_range=[0, 1.15],
+                      height=380, margin={"t": 60, "b": 10})
+    return fig
+
+
+def per_class_rows(report: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Raw per-class metrics with the corrected recall / F1 beside them when available."""
+    corrected = {row["label"]: row for row in (report.get("corrected") or {}).get("per_class", [])}
+    rows = []
+    for row in report["per_class"]:
+        out = dict(row)
+        if row["label"] in corrected:
+            out["corrected_precision"] = corrected[row["label"]]["precision"]
+            out["corrected_recall"] = corrected[row["label"]]["recall"]
+            out["corrected_f1"] = corrected[row["label"]]["f1"]
+        rows.append(out)
+    return rows
+
+
+# --- HTML ------------------------------------------------------------------------------------------
+def _table(rows: Sequence[Mapping[str, Any]]) -> str:
+    if not rows:
+        return "<p>(none)</p>"
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+
+    def cell(value):
+        if isinstance(value, float):
+            return "" if math.isnan(value) else f"{value:.3f}"
+        return html.escape("" if value is None else str(value))
+
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{cell(row.get(c))}</td>" for c in columns) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def to_html(bundle: Mapping[str, Any]) -> str:
+    """A self-contained page: plotly.js is inlined once, so it opens offline."""
+    import plotly.io as pio
+
+    figures_done = 0
+
+    def fig_html(fig) -> str:
+        nonlocal figures_done
+        figures_done += 1
+        return pio.to_html(fig, full_html=False, include_plotlyjs=figures_done == 1, config={"displaylogo": False})
+
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>wildid evaluation report</title>",
+        "<style>body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:1em 0}"
+        "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#eef}"
+        ".grid{display:grid;grid-template-columns:1fr 1fr;gap:1em}</style></head><body>",
+        "<h1>wildid evaluation report</h1>",
+        f"<p>Data: {html.escape(str(bundle.get('data', '')))}<br>Created: {html.escape(str(bundle.get('created', '')))}</p>",
+    ]
+    if len(bundle["models"]) > 1:
+        parts += ["<h2>Models side by side</h2>", fig_html(compare_figure(bundle)), _table(bundle["compare"])]
+    for report in bundle["models"]:
+        s, t = report["summary"], report["threshold"]
+        parts += [
+            f"<h2>{html.escape(report['name'])}</h2>",
+            f"<p>{html.escape(report.get('source', ''))}</p>",
+            _table([{"images": s["n"], "accuracy": s["accuracy"], "macro-F1": s["macro_f1"],
+                     "balanced accuracy": s["balanced_accuracy"], "ECE": report["calibration"]["ece"],
+                     "unreadable": s.get("errors", 0)}]),
+            f"<p><b>{html.escape(t['text'])}</b></p>",
+        ]
+        parts += [f"<p><i>{html.escape(note)}</i></p>" for note in report.get("notes", [])]
+        parts += ["<div class='grid'>", fig_html(confusion_figure(report)), fig_html(confusion_figure(report, normalized=True)), "</div>"]
+        parts += ["<h3>Per class</h3>", _table(per_class_rows(report))]
+        corrected = report.get("corrected")
+        if corrected:
+            cs = corrected["summary"]
+            parts += [
+                "<h3>Class-proportion corrected</h3>",
+                f"<p>Labelled sample of {corrected['sample_size']} reweighted to the predicted-class proportions of "
+                f"{corrected['population_size']} images.</p>",
+                _table([{"": "raw", "accuracy": s["accuracy"], "macro-F1": s["macro_f1"], "balanced accuracy": s["balanced_accuracy"]},
+                        {"": "corrected", "accuracy": cs["accuracy"], "macro-F1": cs["macro_f1"], "balanced accuracy": cs["balanced_accuracy"]}]),
+            ]
+        parts += ["<div class='grid'>", fig_html(bins_figure(report)), fig_html(coverage_figure(report)), "</div>",
+                  fig_html(reliability_figure(report)), "<h3>Confidence bins</h3>", _table(report["confidence_bins"])]
+        if report.get("errors"):
+            parts += ["<h3>Files that could not be classified</h3>", _table(report["errors"])]
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def save_html(bundle: Mapping[str, Any], path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(to_html(bundle), encoding="utf-8")
+    return path
