@@ -547,7 +547,8 @@ def training_rows(results_path: Path, include_auto: bool = False) -> pd.DataFram
     final["source"] = [
         resolve_image_path(p, r or None, results_dir) for p, r in zip(final["path"], final["relpath"].fillna(""))
     ]
-    final["group"] = [s or c for s, c in zip(final["sequence_id"].fillna(""), final["camera"].fillna(""))]
+    # Grouped validation keeps a burst (or else a camera) on one side of a split; no group: the image alone.
+    final["group"] = [s or c or p for s, c, p in zip(final["sequence_id"].fillna(""), final["camera"].fillna(""), final["path"])]
     return final
 
 
