@@ -201,11 +201,12 @@ def cmd_batch(args: argparse.Namespace) -> int:
             for row in step.rows:
                 statuses[row["status"]] = statuses.get(row["status"], 0) + 1
                 score = row["empty_score"]
-                likely_empty += score is not None and score >= args.empty_threshold
+                likely_empty += args.empty_threshold is not None and score is not None and score >= args.empty_threshold
     rate = last.processed / last.elapsed if last.elapsed > 0 else 0.0
     counts = ", ".join(f"{statuses.get(s, 0)} {s}" for s in ("accepted", "review", "error"))
-    print(f"{last.processed} files classified ({counts}; {likely_empty} likely empty at empty_score >= "
-          f"{args.empty_threshold}), {first.done} already done, {rate:.1f} images/s -> {out}")
+    if args.empty_threshold is not None:
+        counts += f"; {likely_empty} likely empty at empty_score >= {args.empty_threshold}"
+    print(f"{last.processed} files classified ({counts}), {first.done} already done, {rate:.1f} images/s -> {out}")
     if args.json_out:
         export_json(out, args.json_out, predictor.card.classes, args.empty_threshold)
         print(f"wrote {args.json_out}")
@@ -500,7 +501,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="decode threads (default 2)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--top-k", type=int, default=5)
-    p.add_argument("--empty-threshold", type=float, default=0.9, help="empty_score at or above this = likely empty")
+    p.add_argument("--empty-threshold", type=float, default=None,
+                   help="empty_score at or above this = likely empty: no detection in the JSON, sorted into _empty/ "
+                        "(try 0.9; default: no frame is treated as empty)")
     p.add_argument("--sequence-gap", type=float, default=60.0, help="seconds between frames of one sequence")
     p.add_argument("--json-out", help="also write MegaDetector/Timelapse-style JSON here")
     p.add_argument("--sort-into", help="copy (or symlink) files into DIR/<label>/ after classifying")
