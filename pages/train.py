@@ -1,0 +1,136 @@
+"""Train: transfer learning from labelled images, with live curves and a stop button."""
+
+from pathlib import Path
+
+import plotly.express as px
+import streamlit as st
+
+from wildid import train as tr
+from wildid.errors import WildidError
+from wildid.registry import default_output_root
+
+JOB_KEY = "train_job"
+ARCHS = ["efficientnet_lite0", "resnet18", "resnet50", "vit_base_patch16_224", "torchvision:resnet18"]
+WEIGHTS = {"package": "package (EfficientNet-Lite0 ImageNet, offline)", "hub": "hub (downloads; needs internet)",
+           "path": "local weights file", "none": "none (random init, for tests)"}
+
+st.title("Train a model")
+st.caption("Transfer learning from labelled images: an image folder with one sub-folder per class, or a CSV "
+           "with path,label (optional group column and crop as x,y,w,h). The new model appears in the sidebar.")
+
+job: tr.TrainingJob | None = st.session_state.get(JOB_KEY)
+busy = job is not None and job.running
+
+with st.form("train_form"):
+    data_text = st.text_input("Labelled data (folder or CSV on the server)", placeholder="/data/tracks or /data/labels.csv")
+    left, right = st.columns(2)
+    name = left.text_input("New model name", value="my-model")
+    arch = right.selectbox("Architecture", ARCHS)
+    mode = left.radio("Mode", tr.MODES, horizontal=True,
+                      help="linear: frozen backbone, features computed once (fast). finetune: last blocks trained. "
+                           "progressive: one more block unfrozen every few epochs.")
+    groups = right.text_input("Group column (sequence, camera or site)", help="Frames of one group never sit on both sides of a split. "
+                              "For an image folder, 'folder' uses class/GROUP/image.jpg.")
+    folds = left.number_input("Validation folds (0 = none)", min_value=0, max_value=20, value=5)
+    epochs = right.number_input("Epochs (0 = default for the mode)", min_value=0, max_value=500, value=0)
+    nir = left.checkbox("Near-infrared images (grey input, no colour jitter)")
+    overwrite = right.checkbox("Replace an existing model of this name")
+    with st.expander("Advanced"):
+        custom_arch = st.text_input("Any timm architecture (overrides the choice above)", placeholder="e.g. convnext_tiny")
+        weights_choice = st.selectbox("Pretrained weights", list(WEIGHTS), format_func=WEIGHTS.get)
+        weights_path = st.text_input("Local weights file (for 'local weights file')")
+        a, b, c = st.columns(3)
+        unfreeze = a.number_input("finetune: blocks to train", min_value=0, max_value=50, value=2)
+        step = b.number_input("progressive: epochs per block", min_value=1, max_value=50, value=2)
+        batch_size = c.number_input("Batch size", min_value=1, max_value=512, value=32)
+    submitted = st.form_submit_button("Train", type="primary", disabled=busy)
+
+if submitted:
+    try:
+        data_path = tr.resolve_data_path(data_text)
+        if not name.strip() or any(ch in name for ch in "/\\:") or name.startswith("."):
+            raise WildidError("give the model a simple name (letters, digits, - or _), it becomes models/NAME")
+        chosen_arch = custom_arch.strip() or arch
+        weights = weights_path.strip() if weights_choice == "path" else weights_choice
+        if weights_choice == "package" and chosen_arch != "efficientnet_lite0":
+            raise WildidError(f"packaged weights exist for efficientnet_lite0 only; for {chosen_arch} pick a "
+                              f"local weights file, the hub, or none (random init) under Advanced")
+        config = tr.TrainConfig(arch=chosen_arch, mode=mode, weights=weights or None, epochs=int(epochs) or None,
+                                folds=int(folds), nir=nir, batch_size=int(batch_size), unfreeze=int(unfreeze),
+                                step=int(step))
+        tr.resolve_weights(config.arch, config.weights)
+        data = tr.load_labelled(data_path, groups=groups.strip() or None)
+        tr.check_data(data, config.folds)
+        out = default_output_root() / name.strip()
+        command = tr.command_line(str(data_path), str(out), config, groups=groups.strip() or None, overwrite=overwrite)
+        tr.check_out(out, overwrite)
+    except WildidError as exc:
+        st.error(str(exc))
+    else:
+        job = tr.TrainingJob(data, config, out, command, overwrite).start()
+        st.session_state[JOB_KEY] = job
+        busy = True
+
+
+def draw_curves(events) -> None:
+    rows = tr.curve_rows(events)
+    if not rows:
+        return
+    figure = px.line(rows, x="epoch", y="value", color="run", line_dash="split", facet_col="metric",
+                     markers=False, height=360)
+    figure.update_yaxes(matches=None, showticklabels=True)
+    figure.for_each_annotation(lambda a: a.update(text=a.text.split("=")[-1]))
+    st.plotly_chart(figure, use_container_width=True, key=f"curves-{len(rows)}")
+
+
+def show_results(result: tr.TrainResult) -> None:
+    card, metrics = result.card, result.metrics
+    st.success(f"Saved model {card.name} ({card.arch}, {len(result.data.samples)} images) to {card.folder} in "
+               f"{result.seconds:.0f} s. Pick it in the sidebar model picker.")
+    for warning in result.warnings:
+        st.warning(warning)
+    if "fold_accuracy" not in metrics:
+        st.info("Not validated (0 folds): no accuracy to report.")
+        return
+    cols = st.columns(3)
+    cols[0].metric("Mean accuracy", f"{metrics['accuracy']:.1%}", help=metrics["measured_by"])
+    cols[1].metric("Std over folds", f"{metrics['accuracy_std']:.1%}")
+    cols[2].metric("Macro F1", f"{metrics['macro_f1']:.3f}")
+    st.caption(metrics["measured_by"] + " · folds: " + ", ".join(f"{a:.1%}" for a in metrics["fold_accuracy"]))
+    left, right = st.columns(2)
+    left.dataframe([{"class": c, **row} for c, row in metrics["per_class"].items()], hide_index=True)
+    cm = metrics["confusion_matrix"]
+    heat = px.imshow(cm["matrix"], x=cm["labels"], y=cm["labels"], text_auto=True, color_continuous_scale="Blues",
+                     labels={"x": "predicted", "y": "true", "color": "images"}, title="Confusion matrix (held-out folds)")
+    right.plotly_chart(heat, use_container_width=True)
+    st.code(card.provenance.get("command", ""), language="bash")
+
+
+if job is not None:
+    @st.fragment(run_every=1.0 if busy else None)
+    def live() -> None:
+        events, features = job.snapshot()
+        if job.running:
+            if features is not None and features.total:
+                label = "computing features" if job.config.mode == "linear" else "reading images"
+                st.progress(min(1.0, features.done / features.total), text=f"{label}: {features.done}/{features.total}")
+            last = next((e for e in reversed(events) if e.stage == "epoch"), None)
+            if last is not None:
+                where = f"fold {last.fold}/{last.folds}" if last.fold else "final model on all data"
+                st.progress(last.epoch / last.epochs, text=f"{where}: epoch {last.epoch}/{last.epochs}, loss {last.loss:.3f}")
+            if st.button("Stop training"):
+                job.stop()
+                st.info("Stopping after the current step…")
+        draw_curves(events)
+        if not job.running and st.session_state.get("_train_shown") is not job:
+            st.session_state["_train_shown"] = job
+            st.rerun()  # whole app: the sidebar then lists the new model
+
+    live()
+    if not job.running:
+        if job.result is not None:
+            show_results(job.result)
+        elif job.stopped:
+            st.warning(job.error)
+        elif job.error:
+            st.error(job.error)

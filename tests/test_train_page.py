@@ -1,0 +1,100 @@
+"""Train page (AppTest): form -> background training -> curves, metrics and a saved model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from tests.imagegen import CLASS_STYLES, class_image, write
+
+PAGE = Path(__file__).resolve().parent.parent / "pages" / "train.py"
+
+
+@pytest.fixture(autouse=True)
+def _clear_caches():
+    st.cache_resource.clear()
+    yield
+    st.cache_resource.clear()
+
+
+@pytest.fixture()
+def workdir(tmp_path, monkeypatch, models_root) -> Path:
+    work = tmp_path / "work"
+    for label, style in CLASS_STYLES.items():
+        for seed in range(4):
+            write(work / "data" / label / f"{seed}.jpg", class_image(style, seed=seed), quality=90)
+    write(work / "one" / "bobcat" / "0.jpg", class_image("bright", seed=1), quality=90)
+    write(work / "one" / "bobcat" / "1.jpg", class_image("bright", seed=2), quality=90)
+    monkeypatch.setenv("WILDID_ALLOWED_ROOT", str(work))
+    monkeypatch.setenv("WILDID_CACHE", str(tmp_path / "cache"))
+    return work
+
+
+def fill(at: AppTest, data: str, name: str = "page-model", arch: str = "test_resnet", weights: str = "none") -> None:
+    at.text_input[0].input(data)
+    at.text_input[1].input(name)
+    custom = next(t for t in at.text_input if t.label.startswith("Any timm architecture"))
+    custom.input(arch)
+    next(s for s in at.selectbox if s.label == "Pretrained weights").select(weights)
+    next(n for n in at.number_input if n.label.startswith("Validation folds")).set_value(2)
+    next(n for n in at.number_input if n.label.startswith("Epochs")).set_value(5)
+
+
+def submit(at: AppTest) -> AppTest:
+    next(b for b in at.button if b.label == "Train").click()
+    return at.run()
+
+
+def test_train_page_trains_and_saves(workdir, models_root):
+    at = AppTest.from_file(str(PAGE), default_timeout=60)
+    at.run()
+    assert not at.exception
+    fill(at, "data")
+    submit(at)
+    assert not at.exception
+    job = at.session_state["train_job"]
+    assert job.wait(120), "training did not finish"
+    assert job.error is None, job.error
+    at.run()
+    assert not at.exception
+    success = " ".join(s.value for s in at.success)
+    assert "Saved model page-model" in success
+    assert (models_root / "page-model" / "model.safetensors").is_file()
+    metric_labels = [m.label for m in at.metric]
+    assert "Mean accuracy" in metric_labels
+    assert any("wildid train" in c.value and "--arch test_resnet" in c.value for c in at.code)
+    assert len(job.result.metrics["fold_accuracy"]) == 2
+    assert len(at.get("plotly_chart")) == 2  # the loss / accuracy curves and the confusion matrix
+
+
+def test_train_page_bad_inputs(workdir, tmp_path):
+    at = AppTest.from_file(str(PAGE), default_timeout=60)
+    at.run()
+    fill(at, "one")
+    submit(at)
+    assert not at.exception
+    assert any("only one class" in e.value for e in at.error)
+    assert "train_job" not in at.session_state
+
+    fill(at, str(tmp_path))  # outside the allowed root
+    submit(at)
+    assert any("outside the allowed folder" in e.value for e in at.error)
+
+    fill(at, "data", arch="resnet18", weights="package")
+    submit(at)
+    assert any("packaged weights exist for efficientnet_lite0 only" in e.value for e in at.error)
+
+
+def test_training_job_stop(workdir):
+    from wildid.train import TrainConfig, TrainingJob, load_labelled
+
+    job = TrainingJob(load_labelled(workdir / "data"), TrainConfig(arch="test_resnet", weights="none", folds=2, epochs=5),
+                      workdir / "never")
+    job.stop()
+    job.start()
+    assert job.wait(60)
+    assert job.stopped and job.result is None and "stopped" in job.error
+    assert not (workdir / "never").exists()
