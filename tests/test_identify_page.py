@@ -1,0 +1,218 @@
+"""AppTest of the Identify page: uploads, uncertain state, bad files, crop, explanations, compare."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+
+import numpy as np
+import pytest
+import streamlit as st
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from tests.conftest import PROJECT_ROOT
+from tests.imagegen import class_image, jpeg_bytes, png_header_only, truncated_jpeg
+from wildid.errors import ImageError
+from wildid.imaging import load_image
+
+PAGE = str(PROJECT_ROOT / "pages" / "identify.py")
+
+
+@pytest.fixture(autouse=True)
+def _clear_streamlit_cache():
+    st.cache_resource.clear()
+    yield
+    st.cache_resource.clear()
+
+
+def page(model: str = "tiny", **state) -> AppTest:
+    at = AppTest.from_file(PAGE, default_timeout=60)
+    at.session_state["model_name"] = model
+    for key, value in state.items():
+        at.session_state[key] = value
+    return at.run()
+
+
+def upload(at: AppTest, name: str, data: bytes, mime: str = "image/jpeg") -> AppTest:
+    at.file_uploader(key="identify_upload").set_value((name, data, mime))
+    return at.run()
+
+
+def texts(elements) -> list[str]:
+    return [e.value for e in elements]
+
+
+def image_captions(at: AppTest) -> list[str]:
+    return [img.caption for element in at.get("image") for img in element.proto.imgs]
+
+
+def bright_jpeg(seed: int = 100) -> bytes:
+    return jpeg_bytes(class_image("bright", seed=seed, size=(160, 120)))
+
+
+def test_upload_shows_top1_chart_and_species_facts(models_root):
+    at = upload(page(), "track.jpg", bright_jpeg())
+    assert not at.exception
+    assert not at.error
+    [verdict] = texts(at.success)
+    assert verdict.startswith("bobcat (") and verdict.endswith("%)")
+    assert len(at.get("plotly_chart")) == 1
+    assert "About this animal" in texts(at.subheader)
+    facts = " ".join(texts(at.markdown))
+    assert "Bobcat · *Lynx rufus*" in facts and "**Habitat:**" in facts and "**Tracks:**" in facts
+    assert "**Look-alikes:**" in facts
+    # The other top-3 candidates' facts are one click away.
+    labels = [e.label for e in at.expander]
+    assert any(label.startswith("gray fox (") for label in labels)
+    assert any(label.startswith("coyote (") for label in labels)
+    assert any("Model card: Tiny test_resnet" in label for label in labels)
+
+
+def test_uncertain_state_shows_candidates_not_an_answer(models_root):
+    from wildid.cards import load_card
+
+    folder = models_root / "tiny"
+    load_card(folder).replace(threshold=0.9999).save(folder)
+    at = upload(page(), "track.jpg", bright_jpeg())
+    assert not at.exception
+    assert not at.success
+    [warning] = texts(at.warning)
+    assert warning.startswith("Uncertain: no class reaches this model's 100% threshold")
+    assert "Top candidates: bobcat (" in warning and "gray fox (" in warning and "coyote (" in warning
+    assert "About this animal" not in texts(at.subheader)
+    candidate_panels = [e.label for e in at.expander if e.label.split(" (")[0] in {"bobcat", "gray fox", "coyote"}]
+    assert len(candidate_panels) == 3
+
+
+BAD_UPLOADS = {
+    "text renamed .jpg": ("notes.jpg", b"field notes: fox tracks near the creek\n" * 20, "not an image"),
+    "truncated JPEG": ("cut.jpg", truncated_jpeg(), "truncated image data"),
+    "0-byte file": ("empty.jpg", b"", "empty file (0 bytes)"),
+    "20000x20000 image": ("huge.png", png_header_only(20000, 20000), "20000x20000 (400 MP), over the"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_UPLOADS))
+def test_bad_upload_is_one_error_line_and_the_app_keeps_working(models_root, case):
+    name, data, reason = BAD_UPLOADS[case]
+    at = upload(page(), name, data, "image/png" if name.endswith(".png") else "image/jpeg")
+    assert not at.exception
+    [error] = texts(at.error)
+    assert reason in error and name in error and "\n" not in error
+    assert not at.success and not at.get("plotly_chart")
+    # A good photo next works as usual.
+    at = upload(at, "track.jpg", bright_jpeg())
+    assert not at.exception and not at.error
+    assert texts(at.success)[0].startswith("bobcat (")
+
+
+@pytest.mark.parametrize("case", list(BAD_UPLOADS))
+def test_the_decoder_behind_the_page_raises_one_line(case):
+    name, data, reason = BAD_UPLOADS[case]
+    buffer = io.BytesIO(data)
+    buffer.name = name
+    with pytest.raises(ImageError) as info:
+        load_image(buffer, draft_size=256)
+    assert reason in str(info.value) and "\n" not in str(info.value)
+
+
+def test_sixteen_bit_tiff_and_camera_photo(models_root):
+    at = page()
+    grey16 = (np.asarray(class_image("striped", seed=101, size=(160, 120)).convert("L"), np.uint16) * 257)
+    buffer = io.BytesIO()
+    Image.fromarray(grey16).save(buffer, "TIFF")
+    at = upload(at, "nir.tif", buffer.getvalue(), "image/tiff")
+    assert not at.exception and not at.error
+    assert texts(at.success)[0].startswith("coyote (")
+
+    at = page(identify_source="Camera")
+    at.camera_input(key="identify_camera").set_value(("shot.jpg", jpeg_bytes(class_image("dark", seed=102)), "image/jpeg"))
+    at.run()
+    assert not at.exception
+    assert texts(at.success)[0].startswith("gray fox (")
+
+
+def test_example_picker(models_root):
+    at = page(identify_source="Example")
+    assert not at.exception
+    picker = at.selectbox(key="identify_example")
+    assert picker.options == ["chelsea cat", "night frame nir", "snow track"]
+    assert not at.error and len(at.get("plotly_chart")) == 1
+    assert image_captions(at)[0] == "chelsea_cat.jpg · 451x300"
+    picker.select_index(2).run()
+    assert not at.exception and not at.error
+    assert texts(at.success)[0].startswith("bobcat (")  # bright snow: the tiny model's "bright" class
+    assert image_captions(at)[0] == "snow_track.png · 320x240"
+    picker.select_index(1).run()  # 16-bit TIFF
+    assert not at.exception and image_captions(at)[0] == "night_frame_nir.tif · 300x200"
+
+
+def test_crop_box_decides_the_prediction(models_root):
+    left = np.asarray(class_image("dark", seed=103, size=(200, 160)))
+    right = np.asarray(class_image("bright", seed=104, size=(200, 160)))
+    data = jpeg_bytes(Image.fromarray(np.concatenate([left, right], axis=1)))  # 400x160
+    at = upload(page(), "half.jpg", data)
+    at.toggle(key="identify_use_crop").set_value(True).run()
+    digest = hashlib.sha1(data).hexdigest()[:12]
+    box = {label: at.number_input(key=f"identify_crop_{label}_{digest}") for label in ("x", "y", "width", "height")}
+    assert [box[k].value for k in box] == [100, 40, 200, 80]  # the central half by default
+    for label, value in {"x": 220, "y": 10, "width": 160, "height": 140}.items():
+        box[label].set_value(value)
+    at.run()
+    assert not at.exception and not at.error
+    assert texts(at.success)[0].startswith("bobcat (")
+    box["x"].set_value(20).run()
+    assert texts(at.success)[0].startswith("gray fox (")
+    assert "half.jpg · 400x160 · crop" in image_captions(at)
+    # A box off the photo is one clear line.
+    box["x"].set_value(5000).run()
+    assert not at.exception
+    [error] = texts(at.error)
+    assert "outside the 400x160 image" in error
+
+
+def test_nir_enhancement_toggle(models_root):
+    dark = Image.fromarray(np.clip(np.asarray(class_image("striped", seed=105)) * 0.25, 0, 255).astype(np.uint8))
+    at = upload(page("tiny-nir"), "night.jpg", jpeg_bytes(dark))
+    at.toggle(key="identify_nir").set_value(True).run()
+    assert not at.exception and not at.error
+    assert any(c.endswith("· CLAHE") for c in image_captions(at))
+    assert at.success or at.warning
+
+
+@pytest.mark.parametrize("model", ["tiny", "tiny-vit"])
+def test_grad_cam_toggle_and_workshop(models_root, model):
+    at = upload(page(model, identify_workshop=True), "track.jpg", bright_jpeg())
+    at.toggle(key="identify_cam").set_value(True).run()
+    assert not at.exception and not at.error
+    captions = image_captions(at)
+    layer = {"tiny": "layer4", "tiny-vit": "blocks.5.norm1"}[model]
+    assert f"Grad-CAM for “bobcat” (layer {layer}): red = strongest evidence" in captions
+    assert any(c.startswith("First-layer filters.") for c in captions)
+    slider = at.select_slider(key="identify_layer")
+    assert slider.options[-1] in ("layer4", "blocks.5")
+    slider.set_value(slider.options[-1]).run()
+    assert not at.exception
+    assert any(c.startswith(f"Activation maps. {slider.options[-1]}:") for c in image_captions(at))
+
+
+def test_compare_mode_runs_models_side_by_side(models_root):
+    at = upload(page(), "track.jpg", bright_jpeg())
+    at.multiselect(key="identify_compare").set_value(["tiny-vit", "tiny-nir"]).run()
+    assert not at.exception and not at.error
+    assert "Side by side" in texts(at.subheader)
+    titles = texts(at.markdown)
+    assert "**Tiny test_vit test model**" in titles and "**Tiny test_efficientnet test model**" in titles
+    # The main result plus one per model in the comparison.
+    assert len(at.get("plotly_chart")) == 4
+    assert len(at.success) + len(at.warning) >= 4
+
+
+def test_no_photo_yet_and_a_model_without_weights(models_root):
+    at = page()
+    assert not at.exception
+    assert any("Upload a photo" in i.value for i in at.info)
+    at = page("empty-slot")
+    assert not at.exception
+    assert not at.file_uploader
