@@ -180,10 +180,15 @@ def load_predictor(
         cached = _CACHE.get(key)
     if cached is not None:
         return cached
+    onnx_class, torch_class = OnnxPredictor, TorchPredictor
+    if card.kind == "embedding":  # re-identification models: embed() instead of predict()
+        from wildid.reid import EmbeddingPredictor, OnnxEmbeddingPredictor
+
+        onnx_class, torch_class = OnnxEmbeddingPredictor, EmbeddingPredictor
     if backend == "onnx":
-        predictor: BasePredictor = OnnxPredictor(card, ensure_onnx(card, trust=trust), batch_size=batch_size)
+        predictor: BasePredictor = onnx_class(card, ensure_onnx(card, trust=trust), batch_size=batch_size)
     else:
-        predictor = TorchPredictor(card, build_network(card, trust=trust), batch_size=batch_size)
+        predictor = torch_class(card, build_network(card, trust=trust), batch_size=batch_size)
     with _CACHE_LOCK:
         _CACHE[key] = predictor
         while len(_CACHE) > _CACHE_SIZE:
