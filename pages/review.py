@@ -51,15 +51,24 @@ def next_unreviewed(paths: list[str], done: set[str], start: int) -> int:
 
 
 # --- callbacks: run before the next script run, so the new image is drawn at once -------------
+# Two Streamlit facts shape these.  A key pressed while the page is redrawing also "clicks" the
+# previous image's button, still on screen: each callback carries the position it was drawn for
+# and does nothing once the reviewer has moved on.  And any st.session_state access inside a
+# callback may abort it (a newer click is waiting), so all state is read first and the position
+# is committed before the journal write: an abort leaves either nothing done or both done.
 def on_label(results_path: str, paths: tuple[str, ...], pos: int, label: str, predicted: str, confidence: float) -> None:
+    if st.session_state.get("rv_pos") != pos:
+        return
+    reviewer = st.session_state.get("rv_reviewer", "")
+    done = set(review.replay_journal(results_path).labels) | {paths[pos]}
+    st.session_state["rv_pos"] = next_unreviewed(list(paths), done, pos + 1)
     try:
-        review.append_label(results_path, paths[pos], label, st.session_state.get("rv_reviewer", ""), predicted, confidence)
+        review.append_label(results_path, paths[pos], label, reviewer, predicted, confidence)
     except WildidError as exc:
+        st.session_state["rv_pos"] = pos
         st.session_state["rv_message"] = ("error", str(exc))
         return
     st.session_state["rv_message"] = ("success", f"Saved {label} for image {pos + 1}.")
-    done = set(review.replay_journal(results_path).labels)
-    st.session_state["rv_pos"] = next_unreviewed(list(paths), done, pos + 1)
 
 
 def on_other(results_path: str, paths: tuple[str, ...], pos: int, predicted: str, confidence: float) -> None:
@@ -70,9 +79,9 @@ def on_other(results_path: str, paths: tuple[str, ...], pos: int, predicted: str
         st.session_state["rv_message"] = ("error", "Type a label first.")
 
 
-def on_move(step: int, total: int) -> None:
-    st.session_state["rv_pos"] = min(max(st.session_state.get("rv_pos", 0) + step, 0), total)
-    st.session_state.pop("rv_message", None)
+def on_move(pos: int, step: int, total: int) -> None:
+    if st.session_state.get("rv_pos") == pos:
+        st.session_state["rv_pos"] = min(max(pos + step, 0), total)
 
 
 # --- results file -----------------------------------------------------------------------------
@@ -154,44 +163,33 @@ queue_key = (str(results_path), spec.describe())
 if st.session_state.get("rv_queue_key") != queue_key or "rv_pos" not in st.session_state:
     st.session_state["rv_queue_key"] = queue_key
     st.session_state["rv_pos"] = next_unreviewed(list(paths), set(labels), 0)
-pos = min(st.session_state["rv_pos"], len(paths))
+pos = st.session_state["rv_pos"] = min(st.session_state["rv_pos"], len(paths))
 
 done, total = review.progress(queue, replay)
 st.progress(done / total if total else 1.0, text=f"{done} of {total} reviewed in this queue · {len(labels)} in the journal")
+# Every run draws the same elements in the same places: a key pressed during a redraw then meets
+# only the new buttons, not leftovers from the previous image shifted further down.
+note = st.empty()
 message = st.session_state.pop("rv_message", None)
 if message:
-    getattr(st, message[0])(message[1])
+    (note.caption if message[0] == "success" else note.error)(message[1])
 
 # --- the current image ------------------------------------------------------------------------
 if not total:
     st.info("This queue is empty: pick another queue or change its settings.")
 elif pos >= total:
     st.success(f"Queue finished: {done} of {total} reviewed. Press b to go back, or pick another queue.")
-    st.button("Back", key=f"rv_back_{pos}", shortcut="b", on_click=on_move, args=(-1, total))
+    st.button("Back", key=f"rv_back_{pos}", shortcut="b", on_click=on_move, args=(pos, -1, total))
 else:
     row = queue.iloc[pos]
     path = row["path"]
     predicted_label, confidence = row["label"], float(row["confidence"])
     picture, panel = st.columns([3, 2], gap="large")
-    with picture:
-        image_path = review.resolve_image_path(path, row["relpath"] or None, results_path.parent)
-        try:
-            review.check_allowed(image_path, root)
-            st.image(load_image(image_path, draft_size=1600), width="stretch", caption=row["relpath"] or path)
-        except WildidError as exc:
-            st.error(str(exc))
     with panel:
+        # The buttons go out before the picture and the table, so by the time the new image
+        # shows, its keys are live.
         st.subheader(f"Image {pos + 1} of {total}")
-        if path in labels:
-            entry = replay.latest.set_index("path").loc[path]
-            st.success(f"Reviewed as **{entry['true_label']}** by {entry['reviewer']} ({entry['reviewed_at']})")
-        top = review.parse_top_k(row["top_k"])[:3] or [(predicted_label, confidence)]
-        st.dataframe(
-            pd.DataFrame(top, columns=["model's top 3", "probability"]), hide_index=True, width="stretch",
-            column_config={"probability": st.column_config.ProgressColumn("probability", min_value=0.0, max_value=1.0, format="%.2f")},
-        )
-        details = [f"status {row['status']}"] + [f"{k} {row[k]}" for k in ("datetime", "camera", "sequence_id") if row[k]]
-        st.caption(" · ".join(details))
+        about = st.container()
         for index, label in enumerate(classes):
             st.button(
                 label, key=f"rv_c{index}_{pos}", width="stretch",
@@ -200,8 +198,29 @@ else:
                 on_click=on_label, args=(str(results_path), paths, pos, label, predicted_label, confidence),
             )
         skip, back = st.columns(2)
-        skip.button("Skip", key=f"rv_skip_{pos}", shortcut="s", width="stretch", on_click=on_move, args=(1, total))
-        back.button("Back", key=f"rv_back_{pos}", shortcut="b", width="stretch", on_click=on_move, args=(-1, total), disabled=pos == 0)
+        skip.button("Skip", key=f"rv_skip_{pos}", shortcut="s", width="stretch", on_click=on_move, args=(pos, 1, total))
+        back.button("Back", key=f"rv_back_{pos}", shortcut="b", width="stretch", on_click=on_move, args=(pos, -1, total), disabled=pos == 0)
+    with picture:
+        image_path = review.resolve_image_path(path, row["relpath"] or None, results_path.parent)
+        try:
+            review.check_allowed(image_path, root)
+            st.image(load_image(image_path, draft_size=1600), width="stretch", caption=row["relpath"] or path)
+        except WildidError as exc:
+            st.error(str(exc))
+    with about:
+        if path in labels:
+            entry = replay.latest.set_index("path").loc[path]
+            st.success(f"Reviewed as **{entry['true_label']}** by {entry['reviewer']} ({entry['reviewed_at']})")
+        else:
+            st.caption("Not reviewed yet: press a number key or click the class.")
+        top = review.parse_top_k(row["top_k"])[:3] or [(predicted_label, confidence)]
+        st.dataframe(
+            pd.DataFrame(top, columns=["model's top 3", "probability"]), hide_index=True, width="stretch",
+            column_config={"probability": st.column_config.ProgressColumn("probability", min_value=0.0, max_value=1.0, format="%.2f")},
+        )
+        details = [f"status {row['status']}"] + [f"{k} {row[k]}" for k in ("datetime", "camera", "sequence_id") if row[k]]
+        st.caption(" · ".join(details))
+    with panel:
         with st.form("rv_other_form", clear_on_submit=True, border=False):
             st.text_input("Other label", key="rv_other", placeholder="e.g. empty, raccoon")
             st.form_submit_button(

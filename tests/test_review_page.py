@@ -80,6 +80,10 @@ def test_label_skip_back_other_and_merge(workdir):
     assert not at.exception
     assert review.replay_journal(results).labels[frame.loc[8, "path"]] == "coyote pup"
     assert len(journal(results)) == 4
+    # a click that was meant for an image the reviewer has left (a key pressed mid-redraw) is ignored
+    at.session_state["rv_pos"] = 5
+    at.button(key="rv_c1_4").click().run()  # drawn for position 4 (row 7)
+    assert frame.loc[7, "path"] not in review.replay_journal(results).labels and len(journal(results)) == 4
     # live metrics: 3 reviewed paths; row 11 right, rows 10 and 8 wrong
     assert [m.value for m in at.metric][:2] == ["3", "33.3%"]
     # merge writes <stem>.final.csv; the results and images are untouched
