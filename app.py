@@ -12,6 +12,7 @@ pages = [
     st.Page("pages/models.py", title="Models", icon="🧠"),
     st.Page("pages/review.py", title="Review", icon="✅"),
     st.Page("pages/train.py", title="Train", icon="🏋️"),
+    st.Page("pages/reid.py", title="Re-ID", icon="🐆"),
 ]
 ui.model_picker()
 st.sidebar.caption("wildid · offline animal identification")
