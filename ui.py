@@ -13,6 +13,7 @@ from wildid.cards import ModelCard, headline_metrics
 from wildid.errors import WildidError
 
 MODEL_KEY = "model_name"
+PICKER_KEY = "_model_picker"
 
 
 @st.cache_resource(show_spinner="Loading model…", max_entries=4)
@@ -38,14 +39,17 @@ def model_picker(container=None) -> ModelCard | None:
         return None
     names = [card.name for card in cards]
     by_name = {card.name: card for card in cards}
-    wanted = current_model_name()
-    index = names.index(wanted) if wanted in names else 0
+    # Seed the widget through session state, not `index=`: a changing index would give the
+    # widget a new identity on every choice and reset it.
+    if st.session_state.get(PICKER_KEY) not in names:
+        wanted = current_model_name()
+        st.session_state[PICKER_KEY] = wanted if wanted in names else names[0]
 
     def label(name: str) -> str:
         card = by_name[name]
         return f"{card.display_title}" + ("" if card.has_weights else " (no weights yet)")
 
-    choice = container.selectbox("Model", names, index=index, format_func=label, key="_model_picker")
+    choice = container.selectbox("Model", names, format_func=label, key=PICKER_KEY)
     st.session_state[MODEL_KEY] = choice
     return by_name[choice]
 

@@ -67,7 +67,9 @@ def app_url(browser_models_root, browser_workdir, tmp_path_factory):
         STREAMLIT_SERVER_FILE_WATCHER_TYPE="none",
         STREAMLIT_BROWSER_GATHER_USAGE_STATS="false",
     )
-    log = open(tmp_path_factory.mktemp("browser-log") / "streamlit.log", "w")
+    log_path = tmp_path_factory.mktemp("browser-log") / "streamlit.log"
+    os.environ["WILDID_BROWSER_LOG"] = str(log_path)
+    log = open(log_path, "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
          "--server.address", "127.0.0.1", "--server.headless", "true"],
@@ -103,18 +105,39 @@ def browser():
         instance.close()
 
 
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call":
+        item.rep_call = report
+
+
 @pytest.fixture()
-def page(browser, app_url):
+def page(browser, app_url, request):
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
     page.set_default_timeout(60_000)
     yield page
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        # Evidence for a failed run: what the browser showed and what the server said.
+        failure = Path(os.environ.get("WILDID_BROWSER_FAILURES", "/tmp/wildid-browser-failures"))
+        failure.mkdir(parents=True, exist_ok=True)
+        try:
+            page.screenshot(path=str(failure / f"{request.node.name}.png"), full_page=True)
+        except Exception:  # noqa: BLE001 - best effort only
+            pass
+        log_path = Path(os.environ.get("WILDID_BROWSER_LOG", ""))
+        if log_path.is_file():
+            print("---- streamlit log (tail) ----\n" + "\n".join(log_path.read_text().splitlines()[-40:]))
     context.close()
 
 
 def wait_for_app(page) -> None:
     """Until Streamlit has finished running the script (no 'Running...' indicator)."""
     page.wait_for_selector('[data-testid="stApp"]')
+    page.wait_for_timeout(400)  # let a rerun triggered by the last action start
     page.wait_for_function(
         "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')"
         " || !document.querySelector('[data-testid=\"stStatusWidget\"]').innerText.includes('Running')",
@@ -131,6 +154,13 @@ def screenshot(page, name: str) -> Path:
 
 def select_model(page, title_fragment: str) -> None:
     """Pick a model in the sidebar select box by (part of) its title."""
-    page.get_by_test_id("stSidebar").get_by_test_id("stSelectbox").click()
+    from playwright.sync_api import expect
+
+    picker = (
+        page.get_by_test_id("stSidebar").get_by_test_id("stSelectbox")
+        .filter(has=page.get_by_text("Model", exact=True)).first
+    )
+    picker.click()
     page.get_by_role("option").filter(has_text=title_fragment).first.click()
+    expect(picker).to_contain_text(title_fragment, timeout=30_000)
     wait_for_app(page)
