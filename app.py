@@ -14,6 +14,7 @@ pages = [
     st.Page("pages/train.py", title="Train", icon="🏋️"),
     st.Page("pages/reid.py", title="Re-ID", icon="🐆"),
 ]
+navigation = st.navigation(pages)
 ui.model_picker()
 st.sidebar.caption("wildid · offline animal identification")
-st.navigation(pages).run()
+navigation.run()
