@@ -6,6 +6,7 @@ The results file, queue and reviewer live in the URL, so a reload comes back to 
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pandas as pd
@@ -24,9 +25,34 @@ QUEUE_HELP = {
 }
 
 
-@st.cache_data(max_entries=4, show_spinner=False)
+# Results tables can have 100k rows: one shared, read-only copy per file version, and queues
+# and metrics cached per (file version, queue / journal version), so a label redraws fast.
+@st.cache_resource(max_entries=4, show_spinner="Reading results…")
 def load_results(path: str, mtime_ns: int, size: int) -> pd.DataFrame:
     return review.read_results(path)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def queue_rows(path: str, mtime_ns: int, size: int, spec_fields: tuple) -> list:
+    return list(review.build_queue(load_results(path, mtime_ns, size), review.QueueSpec(*spec_fields)).index)
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def live_metrics(path: str, mtime_ns: int, size: int, journal_version: tuple) -> review.ReviewMetrics:
+    return review.review_metrics(load_results(path, mtime_ns, size), review.replay_journal(path))
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def class_buttons(path: str, mtime_ns: int, size: int, card_classes: tuple) -> list[str]:
+    return review.class_options(load_results(path, mtime_ns, size), card_classes or None)
+
+
+def file_version(path: Path) -> tuple:
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return (0, 0)
+    return (stat.st_mtime_ns, stat.st_size)
 
 
 def card_for(results: pd.DataFrame):
@@ -103,15 +129,15 @@ try:
     results_path = review.check_allowed(path_text, root)
     if not results_path.is_file():
         raise WildidError(f"results file not found: {results_path}")
-    stat = results_path.stat()
-    results = load_results(str(results_path), stat.st_mtime_ns, stat.st_size)
+    results_key = (str(results_path), *file_version(results_path))
+    results = load_results(*results_key)
 except WildidError as exc:
     st.error(str(exc))
     st.stop()
 st.query_params["results"] = str(results_path)
 
 card = card_for(results)
-classes = review.class_options(results, card.classes if card else None)
+classes = class_buttons(*results_key, tuple(card.classes) if card else ())
 replay = review.replay_journal(results_path)
 labels = replay.labels
 
@@ -154,7 +180,7 @@ if reviewer.strip():
     st.query_params["reviewer"] = reviewer.strip()
 
 try:
-    queue = review.build_queue(results, spec)
+    queue = results.loc[queue_rows(*results_key, dataclasses.astuple(spec))]
 except WildidError as exc:
     st.error(str(exc))
     st.stop()
@@ -232,7 +258,7 @@ else:
 # --- live metrics -----------------------------------------------------------------------------
 st.divider()
 st.subheader("Live metrics")
-metrics = review.review_metrics(results, replay)
+metrics = live_metrics(*results_key, file_version(review.journal_path(results_path)))
 cols = st.columns(4)
 cols[0].metric("Reviewed", metrics.n_reviewed)
 cols[1].metric("Accuracy", "–" if metrics.accuracy is None else f"{metrics.accuracy:.1%}", help="model label == reviewed label")

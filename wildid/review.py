@@ -349,7 +349,7 @@ def class_options(results: pd.DataFrame, card_classes: Sequence[str] | None = No
             classes.sort(key=lambda c: -int(counts.get(c, 0)))
         return classes
     seen = list(counts.index)
-    for value in results["top_k"]:
+    for value in results["top_k"].tolist():
         seen += [label for label, _ in parse_top_k(value)]
     return sorted(dict.fromkeys(seen))
 
@@ -372,7 +372,8 @@ def reviewed_table(results: pd.DataFrame, replay: Replay) -> pd.DataFrame:
     latest = replay.latest
     if latest.empty:
         return pd.DataFrame(columns=["path", "true_label", "predicted_label", "confidence", "status", "reviewer", "reviewed_at"])
-    info = results.drop_duplicates("path", keep="last").set_index("path")
+    wanted = member(results["path"], set(latest["path"].tolist()))
+    info = results[wanted].drop_duplicates("path", keep="last").set_index("path")
     table = latest.copy()
     # The journal records what the model said at review time; older lines may lack it.
     from_results = table["path"].map(info["label"])
@@ -421,10 +422,16 @@ def review_metrics(results: pd.DataFrame, replay: Replay, bins: Sequence[float] 
     )
 
 
+def member(values: Iterable[str], wanted: set) -> np.ndarray:
+    """``values.isin(wanted)`` as a set lookup (pandas' isin on Arrow strings is ~20x slower)."""
+    items = values.tolist() if hasattr(values, "tolist") else list(values)
+    return np.fromiter((value in wanted for value in items), dtype=bool, count=len(items))
+
+
 def progress(queue: pd.DataFrame, replay: Replay) -> tuple[int, int]:
     """(reviewed, total) for a queue."""
-    done = set(replay.latest["path"])
-    return int(queue["path"].isin(done).sum()), len(queue)
+    done = set(replay.latest["path"].tolist())
+    return int(member(queue["path"], done).sum()), len(queue)
 
 
 # --- final data set ---------------------------------------------------------------------------
@@ -437,16 +444,17 @@ def merge_final(results: pd.DataFrame, replay: Replay) -> pd.DataFrame:
     """
     manual = replay.latest.set_index("path")
     rows = results.drop_duplicates("path", keep="last")
-    is_manual = rows["path"].isin(manual.index)
+    manual_paths = set(manual.index)
+    is_manual = member(rows["path"], manual_paths)
     is_auto = ~is_manual & (rows["status"] == "accepted")
     final = rows[is_manual | is_auto].copy()
-    taken = final["path"].isin(manual.index)
+    taken = member(final["path"], manual_paths)
     final["predicted_label"] = final["label"]
     final["label_source"] = np.where(taken, "manual", "auto")
     final.loc[taken, "label"] = final.loc[taken, "path"].map(manual["true_label"])
     final["reviewer"] = final["path"].map(manual["reviewer"]).fillna("")
     final["reviewed_at"] = final["path"].map(manual["reviewed_at"]).fillna("")
-    orphans = manual[~manual.index.isin(rows["path"])].reset_index()
+    orphans = manual[~member(manual.index, set(rows["path"].tolist()))].reset_index()
     if len(orphans):
         extra = pd.DataFrame({
             "path": orphans["path"], "label": orphans["true_label"], "label_source": "manual",
