@@ -64,8 +64,9 @@ cols[3].metric("Model", card.display_title)
 st.caption(f"Threshold from the {gallery.meta.get('threshold_source', 'model card')}; "
            f"gallery folder {gallery.folder}")
 
-upload = st.file_uploader("Photo of the animal", type=UPLOAD_TYPES, key="reid_upload")
-top_k = st.slider("Matches to show", 1, 8, 4, key="reid_top_k")
+upload_col, top_k_col = st.columns([3, 1])
+upload = upload_col.file_uploader("Photo of the animal", type=UPLOAD_TYPES, key="reid_upload")
+top_k = top_k_col.number_input("Matches to show", 1, 10, 4, key="reid_top_k")
 if upload is None or embedder is None:
     if embedder is not None:
         st.info("Upload a photo to compare it with the gallery.")
@@ -79,7 +80,7 @@ except WildidError as exc:
     st.error(str(exc))
     st.stop()
 
-query_col, verdict_col = st.columns([1, 2])
+query_col, verdict_col = st.columns([1, 3])
 query_col.image(image, caption="Query", width="stretch")
 with verdict_col:
     if not results:
@@ -97,12 +98,11 @@ if results:
     for rank, (col, match) in enumerate(zip(match_cols, results[0].matches), start=1):
         with col:
             st.image(str(match.image), caption=f"{rank}. {match.individual}", width="stretch")
-            st.metric("Similarity", f"{match.similarity:.3f}",
-                      delta="above threshold" if match.similarity >= threshold else "below threshold",
-                      delta_color="normal" if match.similarity >= threshold else "inverse")
+            verdict = ":green[above threshold]" if match.similarity >= threshold else ":red[below threshold]"
+            st.markdown(f"Similarity **{match.similarity:.3f}** · {verdict}")
             others = gallery.individuals()[match.individual]
             st.caption(f"{others} gallery image{'s' if others != 1 else ''}")
-            if st.button(f"Confirm: this is {match.individual}", key=f"reid_confirm_{rank}"):
+            if st.button("Confirm match", key=f"reid_confirm_{rank}", help=f"Add this photo to {match.individual}"):
                 try:
                     report = gallery.add(match.individual, [data], embedder, new_individual=False,
                                          source_names=[upload.name])
