@@ -322,3 +322,15 @@ def test_cli_merge_export_stats(results, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "reviewed 2" in out and "accuracy 0.0%" in out
     assert main(["review", "merge", str(results), "--out", str(results)]) == 2
+
+
+def test_replay_with_quoted_fields_and_torn_quote(results):
+    """Paths or labels with commas are quoted; a torn quoted fragment never swallows later lines."""
+    review.append_label(results, "/data/a,b.jpg", 'odd "label", really', "ana")
+    journal = review.journal_path(results)
+    with open(journal, "ab") as handle:
+        handle.write(b'"/data/c.jpg,bob')  # crash inside a quoted field
+    review.append_label(results, "/data/d.jpg", "coyote", "ana")
+    replay = review.replay_journal(results)
+    assert replay.labels == {"/data/a,b.jpg": 'odd "label", really', "/data/d.jpg": "coyote"}
+    assert replay.skipped_lines == 1

@@ -250,16 +250,23 @@ def replay_journal(results_path: str | os.PathLike) -> Replay:
     text, torn = _committed_text(target)
     rows, skipped = [], int(torn)
     columns = list(JOURNAL_COLUMNS)
+    header = list(JOURNAL_COLUMNS)
+    # Each line is parsed on its own, so a torn fragment with an open quote cannot swallow the
+    # lines after it; without any quote in the file, splitting on commas is the same and fast.
+    quoted = '"' in text
     for number, line in enumerate(text.split("\n")):
         if not line.strip():
             continue
-        try:
-            [fields] = list(csv.reader([line], strict=True))
-        except (csv.Error, ValueError):
-            skipped += 1
-            continue
-        if [f.strip() for f in fields] == list(JOURNAL_COLUMNS) or (number == 0 and set(fields) == set(JOURNAL_COLUMNS)):
-            columns = [f.strip() for f in fields]  # the header (or a duplicate from a concurrent first write)
+        if quoted:
+            try:
+                [fields] = list(csv.reader([line], strict=True))
+            except (csv.Error, ValueError):
+                skipped += 1
+                continue
+        else:
+            fields = line.split(",")
+        if fields == header or (number == 0 and set(fields) == set(header)):
+            columns = fields  # the header (or a duplicate from a concurrent first write)
             continue
         if len(fields) != len(columns):
             skipped += 1
