@@ -1,22 +1,67 @@
-"""Browser: open the app, upload a photo, see the species."""
+"""Browser: open the app, upload a photo, see the species name and its facts card."""
 
 import re
 
 import pytest
 
-from tests.browser.conftest import screenshot, select_model, wait_for_app
+from tests.browser.conftest import screenshot, wait_for_app
 from tests.imagegen import class_image
 
 pytestmark = pytest.mark.browser
 
 
-def test_identify_upload_shows_species(page, app_url, tmp_path):
+def pick_model(page, title: str) -> None:
+    """Type into the sidebar's model box and take the first match; wait until the page shows it."""
+    from playwright.sync_api import expect
+
+    picker = page.get_by_test_id("stSidebar").get_by_test_id("stSelectbox").filter(has_text="Model").first
+    picker.click()
+    page.keyboard.type(title)  # the option list is virtualised: filter it first
+    page.get_by_role("option").filter(has_text=title).first.click()
+    expect(picker.get_by_role("combobox")).to_have_value(re.compile(re.escape(title)), timeout=30_000)
+    wait_for_app(page)
+    page.get_by_text(f"Model card: {title}").first.wait_for()
+
+
+def test_identify_upload_shows_species_and_facts(page, app_url, tmp_path):
     photo = tmp_path / "track.jpg"
     class_image("bright", seed=200, size=(320, 240)).save(photo, quality=92)
     page.goto(app_url)
     wait_for_app(page)
-    select_model(page, "Tiny test_resnet")
+    pick_model(page, "Tiny test_resnet")
     page.locator('[data-testid="stFileUploader"] input[type="file"]').first.set_input_files(str(photo))
-    page.get_by_text(re.compile(r"bobcat \(\d+%\)")).first.wait_for()
+    page.get_by_text(re.compile(r"^bobcat \(\d+%\)$")).first.wait_for()
+    wait_for_app(page)
+    # The facts card for the top-1 species.
+    page.get_by_text("About this animal").wait_for()
+    page.get_by_text(re.compile(r"Bobcat · Lynx rufus")).first.wait_for()
+    page.get_by_text(re.compile(r"Habitat:")).first.wait_for()
+    page.locator(".js-plotly-plot").first.wait_for()
+    assert page.locator(".js-plotly-plot").count() == 1
+    assert page.get_by_test_id("stException").count() == 0
+    # Streamlit scrolls inside its own container, so a taller window shows the facts card too.
+    page.set_viewport_size({"width": 1280, "height": 1500})
     wait_for_app(page)
     screenshot(page, "identify")
+
+
+def test_identify_on_a_phone_width_screen(browser, app_url, tmp_path):
+    photo = tmp_path / "night.jpg"
+    class_image("dark", seed=201, size=(320, 240)).save(photo, quality=92)
+    context = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2)
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    try:
+        page.goto(app_url)
+        wait_for_app(page)
+        page.locator('[data-testid="stFileUploader"] input[type="file"]').first.set_input_files(str(photo))
+        page.locator(".js-plotly-plot").first.wait_for()
+        wait_for_app(page)
+        page.set_viewport_size({"width": 390, "height": 1800})
+        page.get_by_text(re.compile(r"^(Uncertain: .*|.+ \(\d+%\))$")).first.wait_for()
+        assert page.get_by_test_id("stException").count() == 0
+        # Nothing wider than the screen: no horizontal scrolling on a phone.
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390 + 1
+        screenshot(page, "identify-phone")
+    finally:
+        context.close()
