@@ -12,6 +12,7 @@ pages = [
     st.Page("pages/models.py", title="Models", icon="🧠"),
     st.Page("pages/review.py", title="Review", icon="✅"),
     st.Page("pages/train.py", title="Train", icon="🏋️"),
+    st.Page("pages/dashboard.py", title="Dashboard", icon="📊"),
     st.Page("pages/reid.py", title="Re-ID", icon="🐆"),
 ]
 navigation = st.navigation(pages)

@@ -31,7 +31,7 @@ from typing import Any, BinaryIO, Callable, Iterable, Mapping, Sequence, Union
 import numpy as np
 
 from wildid import metrics as M
-from wildid.errors import DataError, ImageError
+from wildid.errors import DataError, ImageError, WildidError
 from wildid.imaging import crop as crop_image
 from wildid.imaging import is_image_file
 
@@ -288,7 +288,20 @@ def from_results(results: CsvSource, truth: CsvSource, name: str | None = None) 
     results_name = Path(getattr(results, "name", None) or str(results)).name
     run = _run_from_pairs(name or _model_name(rows, Path(results_name).stem), rows, _join(rows, labels, base), len(labels),
                           f"{results_name} + {Path(getattr(truth, 'name', None) or str(truth)).name}")
+    run.classes = _card_classes(_model_name(rows, ""))
     return run
+
+
+def _card_classes(model: str) -> tuple[str, ...]:
+    """The installed model's class order (for matrix rows), or () when the model is not installed."""
+    if not model:
+        return ()
+    from wildid.registry import find_card
+
+    try:
+        return tuple(find_card(model).classes)
+    except WildidError:
+        return ()
 
 
 def from_journal(results: str | os.PathLike, journal: CsvSource | None = None, name: str | None = None) -> Run:
@@ -300,6 +313,7 @@ def from_journal(results: str | os.PathLike, journal: CsvSource | None = None, n
     labels = read_journal(journal)
     run = _run_from_pairs(name or _model_name(rows, Path(results).stem), rows, _join(rows, labels, None), len(labels),
                           f"{Path(results).name} + reviewed journal")
+    run.classes = _card_classes(_model_name(rows, ""))
     run.notes.append("Reviewed images are the ones people chose or were sent to review, not a random sample: "
                      "read the accuracy as accuracy on reviewed images.")
     return run
@@ -475,7 +489,12 @@ def _hover_files(paths: list[str]) -> str:
     return "<br>".join(names) + more if names else "(none)"
 
 
-def confusion_figure(report: Mapping[str, Any], normalized: bool = False):
+def confusion_figure(report: Mapping[str, Any], normalized: bool = False, clickable: bool = False):
+    """Heatmap of the confusion matrix; hover shows the count, row share and the first file names.
+
+    ``clickable`` overlays a near-invisible marker on every cell: plotly heatmaps emit no
+    selection events, markers do, so the dashboard learns which cell was clicked.
+    """
     import plotly.graph_objects as go
 
     labels = report["labels"]
@@ -494,6 +513,22 @@ def confusion_figure(report: Mapping[str, Any], normalized: bool = False):
             colorbar={"title": "share of row" if normalized else "images"},
         )
     )
+    if clickable and labels:
+        xs, ys, data = [], [], []
+        for i, t in enumerate(labels):
+            for j, p in enumerate(labels):
+                xs.append(p)
+                ys.append(t)
+                data.append([int(counts[i, j]), float(share[i, j]), files[i][j]])
+        fig.add_trace(go.Scatter(
+            x=xs, y=ys, mode="markers", customdata=data, showlegend=False, name="cells",
+            marker={"symbol": "square", "size": 40, "opacity": 0, "color": "rgba(0,0,0,0)"},
+            selected={"marker": {"opacity": 0}}, unselected={"marker": {"opacity": 0}},
+            hovertemplate="true: %{y}<br>predicted: %{x}<br>count: %{customdata[0]} (%{customdata[1]:.0%} of row)"
+                          "<br>%{customdata[2]}<extra></extra>",
+        ))
+        fig.data[0].hoverinfo = "skip"
+        fig.data[0].hovertemplate = None
     fig.update_layout(
         title=f"Confusion matrix: {report['name']}" + (" (row-normalised)" if normalized else " (counts)"),
         xaxis_title="predicted", yaxis_title="true", yaxis_autorange="reversed",

@@ -1,0 +1,205 @@
+"""Dashboard: how well does a model do on labelled data?  Confusion matrix, per-class
+metrics, confidence bins, accept-above-T coverage, calibration, models side by side."""
+
+import time
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+import ui
+from wildid import evaluate as ev
+from wildid.errors import WildidError
+from wildid.imaging import load_image
+
+BUNDLE_KEY = "dashboard_bundle"
+THUMBNAILS = 24
+SOURCES = (
+    "Labelled folder or CSV on the server",
+    "Upload a results CSV + truth CSV",
+    "Results CSV on the server + its reviewed journal",
+    "Open a saved report (JSON)",
+)
+
+st.title("Evaluation dashboard")
+
+
+def fmt(value, spec: str = ".1%") -> str:
+    return "–" if value is None or value != value else format(value, spec)
+
+
+def progress_callback(bar):
+    started = {}
+
+    def update(name: str, done: int, total: int) -> None:
+        start = started.setdefault(name, time.monotonic())
+        elapsed = time.monotonic() - start
+        eta = elapsed / done * (total - done) if done else 0
+        bar.progress(done / total if total else 1.0, text=f"{name}: {done}/{total} images · ETA {eta:.0f} s")
+
+    return update
+
+
+def evaluate_labelled(data: str, models: list[str], crops: bool, population: str, threshold: float):
+    bar = st.progress(0.0, text="Starting…")
+    bundle = ev.evaluate(
+        str(ev.check_allowed(data)), models, threshold=threshold, crops=crops,
+        population=str(ev.check_allowed(population)) if population else None, progress=progress_callback(bar),
+    )
+    bar.empty()
+    return bundle
+
+
+# --- data source ---------------------------------------------------------------------------
+source = st.radio("Data", SOURCES, horizontal=True)
+threshold = st.session_state.get("dashboard_threshold", ev.DEFAULT_THRESHOLD)
+try:
+    if source == SOURCES[0]:
+        data = st.text_input("Folder (one sub-folder per class) or CSV with path,label", key="dashboard_data")
+        cards = [card for card in ui.available_cards() if card.has_weights]
+        current = ui.current_model_name()
+        models = st.multiselect(
+            "Models (pick several to compare)", [c.name for c in cards],
+            default=[current] if current in {c.name for c in cards} else [], key="dashboard_models",
+            format_func=lambda name: next(c.display_title for c in cards if c.name == name),
+        )
+        left, right = st.columns(2)
+        crops = left.checkbox("Also evaluate on crops (CSV with a crop column): full-frame vs cropped", key="dashboard_crops")
+        population = right.text_input("Optional: full results CSV, for the class-proportion correction", key="dashboard_population")
+        if st.button("Evaluate", type="primary", disabled=not (data and models)):
+            st.session_state[BUNDLE_KEY] = evaluate_labelled(data, models, crops, population, threshold)
+    elif source == SOURCES[1]:
+        left, right = st.columns(2)
+        results_file = left.file_uploader("Results CSV (from batch)", type=["csv"], key="dashboard_results_upload")
+        truth_file = right.file_uploader("Truth CSV (path,label)", type=["csv"], key="dashboard_truth_upload")
+        if st.button("Evaluate", type="primary", disabled=not (results_file and truth_file)):
+            run = ev.from_results(results_file, truth_file)
+            st.session_state[BUNDLE_KEY] = ev.combine([ev.build_report(run, threshold)], results_file.name)
+    elif source == SOURCES[2]:
+        results_path = st.text_input("Results CSV; its journal <name>.reviewed.csv lies beside it", key="dashboard_results_path")
+        if st.button("Evaluate", type="primary", disabled=not results_path):
+            run = ev.from_journal(ev.check_allowed(results_path))
+            st.session_state[BUNDLE_KEY] = ev.combine([ev.build_report(run, threshold)], results_path)
+    else:
+        saved = st.file_uploader("Report JSON (from `wildid evaluate --out` or this page)", type=["json"], key="dashboard_json")
+        if saved is not None and st.button("Open", type="primary"):
+            st.session_state[BUNDLE_KEY] = ev.load_report(saved.getvalue())
+except WildidError as exc:
+    st.error(str(exc))
+
+bundle = st.session_state.get(BUNDLE_KEY)
+if not bundle:
+    st.info("Pick a data source above and press Evaluate.")
+    st.stop()
+
+# --- models side by side ---------------------------------------------------------------------
+reports = bundle["models"]
+if len(reports) > 1:
+    st.subheader("Models side by side")
+    st.plotly_chart(ev.compare_figure(bundle), key="dashboard_compare")
+    st.dataframe(pd.DataFrame(bundle["compare"]).set_index("name"), column_config={
+        c: st.column_config.NumberColumn(format="%.3f") for c in pd.DataFrame(bundle["compare"]).columns
+        if c not in ("name", "n", "review")
+    })
+names = [r["name"] for r in reports]
+report = reports[names.index(st.selectbox("Details for", names, key="dashboard_detail"))] if len(reports) > 1 else reports[0]
+
+st.subheader(report["name"])
+st.caption(report.get("source", ""))
+s = report["summary"]
+cols = st.columns(5)
+cols[0].metric("Images", s["n"])
+cols[1].metric("Accuracy", fmt(s["accuracy"]))
+cols[2].metric("Macro-F1", fmt(s["macro_f1"], ".3f"))
+cols[3].metric("Balanced accuracy", fmt(s["balanced_accuracy"]))
+cols[4].metric("ECE", fmt(report["calibration"]["ece"], ".3f"))
+for note in report.get("notes", []):
+    st.caption(note)
+if report.get("errors"):
+    with st.expander(f"{len(report['errors'])} files could not be classified"):
+        st.dataframe(pd.DataFrame(report["errors"]), hide_index=True)
+
+# --- confusion matrix ------------------------------------------------------------------------
+st.subheader("Confusion matrix")
+normalized = st.toggle("Row-normalised (share of each true class)", key="dashboard_normalized")
+event = st.plotly_chart(ev.confusion_figure(report, normalized=normalized, clickable=True), key="dashboard_confusion",
+                        on_select="rerun", selection_mode=("points", "box"))
+labels = report["labels"]
+counts = report["confusion"]["counts"]
+cells = [(t, p) for i, t in enumerate(labels) for j, p in enumerate(labels) if counts[i][j]]
+clicked = [(pt.get("y"), pt.get("x")) for pt in (event.selection.points if event else []) if pt.get("y") in labels]
+clicked = [c for c in clicked if c in cells]
+if cells:
+    errors_first = sorted(cells, key=lambda c: (c[0] == c[1], -counts[labels.index(c[0])][labels.index(c[1])]))
+    choice = st.selectbox(
+        "Images in cell (click a cell in the matrix, or pick here)", errors_first,
+        format_func=lambda c: f"true {c[0]} → predicted {c[1]} ({counts[labels.index(c[0])][labels.index(c[1])]})",
+        key="dashboard_cell", disabled=bool(clicked),
+        help="A cell clicked in the matrix wins; double-click the matrix to clear it and pick here again.",
+    )
+    true_label, predicted_label = clicked[0] if clicked else choice
+    paths = ev.cell_paths(report, true_label, predicted_label)
+    confidence = {item["path"]: item["confidence"] for item in report["items"]}
+    st.write(f"**true {true_label} → predicted {predicted_label}**: {len(paths)} images"
+             + (f" (showing {THUMBNAILS})" if len(paths) > THUMBNAILS else ""))
+    grid = st.columns(6)
+    for k, path in enumerate(paths[:THUMBNAILS]):
+        caption = f"{Path(path).name} · {confidence.get(path, 0):.0%}"
+        try:
+            thumb = load_image(path, draft_size=160)
+            thumb.thumbnail((160, 160))
+            grid[k % 6].image(thumb, caption=caption)
+        except WildidError:
+            grid[k % 6].caption(f"{caption} (file not readable here)")
+
+# --- per-class -------------------------------------------------------------------------------
+st.subheader("Per class")
+per_class = pd.DataFrame(ev.per_class_rows(report)).set_index("label")
+st.dataframe(per_class, column_config={c: st.column_config.NumberColumn(format="%.3f") for c in per_class.columns
+                                       if c not in ("support", "predicted")})
+
+corrected = report.get("corrected")
+st.subheader("Class-proportion correction")
+if corrected:
+    cs = corrected["summary"]
+    st.caption(f"The labelled sample of {corrected['sample_size']} images is reweighted to the predicted-class proportions "
+               f"of all {corrected['population_size']} classified images. Precision stays; recall and accuracy move.")
+    st.dataframe(pd.DataFrame(
+        [{"": "raw", "accuracy": s["accuracy"], "macro-F1": s["macro_f1"], "balanced accuracy": s["balanced_accuracy"]},
+         {"": "corrected", "accuracy": cs["accuracy"], "macro-F1": cs["macro_f1"], "balanced accuracy": cs["balanced_accuracy"]}]
+    ).set_index(""))
+    if corrected.get("unsampled"):
+        st.warning("Predicted in the full set but never in the labelled sample (left out): "
+                   + ", ".join(f"{k} ({v})" for k, v in corrected["unsampled"].items()))
+else:
+    st.caption("Needs the full set's predictions: evaluate a results CSV, or give the full results CSV above.")
+
+# --- confidence ------------------------------------------------------------------------------
+st.subheader("Confidence")
+left, right = st.columns(2)
+left.plotly_chart(ev.bins_figure(report), key="dashboard_bins")
+threshold = right.slider("Accept everything with confidence ≥ T", 0.0, 1.0, float(report["threshold"]["threshold"]), 0.01,
+                         key="dashboard_threshold")
+summary = ev.rethreshold(report, threshold)
+right.plotly_chart(ev.coverage_figure(report, threshold), key="dashboard_coverage")
+c1, c2, c3 = st.columns(3)
+c1.metric("Accepted", f"{summary['kept']} ({summary['coverage']:.0%})")
+c2.metric("Accuracy of accepted", fmt(summary["accuracy"]))
+c3.metric("Left for review", summary["review"])
+st.success(summary["text"])
+with st.expander("Accuracy per confidence bin (table)"):
+    st.dataframe(pd.DataFrame(report["confidence_bins"]).drop(columns=["lower", "upper"]), hide_index=True)
+
+st.subheader("Calibration")
+st.plotly_chart(ev.reliability_figure(report), key="dashboard_reliability")
+st.caption("Expected calibration error: the count-weighted mean gap between accuracy and confidence over 10 bins.")
+
+# --- export ----------------------------------------------------------------------------------
+st.subheader("Export")
+d1, d2 = st.columns(2)
+d1.download_button("Download JSON", ev.to_json(bundle), file_name="wildid-report.json", mime="application/json")
+if st.session_state.get("dashboard_html_for") is not bundle:
+    st.session_state["dashboard_html"] = ev.to_html(bundle)
+    st.session_state["dashboard_html_for"] = bundle
+d2.download_button("Download HTML (self-contained)", st.session_state["dashboard_html"], file_name="wildid-report.html",
+                   mime="text/html")
