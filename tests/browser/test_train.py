@@ -1,0 +1,50 @@
+"""Browser: train a tiny linear model on a generated image folder, watch the curves, see it saved."""
+
+import pytest
+from playwright.sync_api import expect
+
+from tests.browser.conftest import screenshot, wait_for_app
+from tests.imagegen import CLASS_STYLES, class_image
+
+pytestmark = pytest.mark.browser
+
+
+def test_train_tiny_linear_model(page, app_url, browser_workdir, browser_models_root):
+    data = browser_workdir / "train-data"
+    for label, style in CLASS_STYLES.items():
+        (data / label).mkdir(parents=True, exist_ok=True)
+        for seed in range(8):
+            class_image(style, seed=300 + seed, size=(160, 120)).save(data / label / f"{seed}.jpg", quality=90)
+
+    # Enter through the app's front page: opening /train first on a fresh server runs pages/train.py
+    # on its own (Streamlit's pages/ folder fallback), without app.py's navigation and model picker.
+    page.goto(app_url)
+    page.get_by_test_id("stSidebar").get_by_test_id("stSelectbox").wait_for(timeout=120_000)
+    wait_for_app(page)
+    page.get_by_test_id("stSidebarNav").get_by_text("Train", exact=True).click()
+    page.get_by_label("Labelled data (folder or CSV on the server)").wait_for()
+    wait_for_app(page)
+    page.get_by_label("Labelled data (folder or CSV on the server)").fill(str(data))
+    page.get_by_label("New model name").fill("browser-trained")
+    page.get_by_label("Validation folds (0 = none)").fill("4")
+    page.get_by_label("Epochs (0 = default for the mode)").fill("30")
+    page.get_by_text("Advanced").click()
+    page.get_by_label("Any timm architecture (overrides the choice above)").fill("test_resnet")
+    page.get_by_label("Pretrained weights").click()
+    page.get_by_role("option").filter(has_text="none (random init").click()
+    page.get_by_text("Advanced").click()  # fold it again for a tidy screenshot
+    page.get_by_role("button", name="Train").click()
+
+    page.get_by_text("Saved model browser-trained").wait_for(timeout=180_000)
+    wait_for_app(page)
+    assert (browser_models_root / "browser-trained" / "model.safetensors").is_file()
+    assert page.get_by_text("Mean accuracy").count() >= 1
+    expect(page.locator(".js-plotly-plot")).to_have_count(2, timeout=30_000)  # curves + confusion matrix
+    expect(page.get_by_text("Confusion matrix (held-out folds)")).to_have_count(1)
+    # the sidebar picker lists the new model right away
+    page.get_by_test_id("stSidebar").get_by_test_id("stSelectbox").click()
+    assert page.get_by_role("option").filter(has_text="browser-trained").count() == 1
+    page.keyboard.press("Escape")
+    page.set_viewport_size({"width": 1280, "height": 1900})  # the app scrolls inside its own container
+    page.wait_for_timeout(1500)
+    screenshot(page, "train")
