@@ -9,6 +9,7 @@ st.set_page_config(page_title="wildid", page_icon="🐾", layout="wide")
 
 pages = [
     st.Page("pages/identify.py", title="Identify", icon="🔎", default=True),
+    st.Page("pages/batch.py", title="Batch", icon="🗂️"),
     st.Page("pages/models.py", title="Models", icon="🧠"),
     st.Page("pages/review.py", title="Review", icon="✅"),
     st.Page("pages/train.py", title="Train", icon="🏋️"),

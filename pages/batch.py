@@ -1,0 +1,135 @@
+"""Batch: a folder of camera-trap frames -> results table, progress, exports."""
+
+import hashlib
+import shutil
+import tempfile
+from collections import deque
+from pathlib import Path
+
+import plotly.express as px
+import streamlit as st
+
+import ui
+from wildid import batch
+from wildid.background import DEFAULT_EMPTY_THRESHOLD
+from wildid.errors import WildidError
+
+LIVE_ROWS = 200
+LIVE_COLUMNS = ["relpath", "label", "confidence", "status", "empty_score", "datetime", "sequence_id", "error"]
+TABLE_COLUMNS = LIVE_COLUMNS[:5] + ["mean_intensity", "laplacian_var", "dark", "overexposed", "blurry",
+                                    "datetime", "camera", "sequence_id", "error"]
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def workdir() -> Path:
+    """A private folder per session for uploads, unpacked zips and results."""
+    path = Path(st.session_state.setdefault("batch_workdir", tempfile.mkdtemp(prefix="wildid-batch-")))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def fresh(path: Path) -> Path:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
+st.title("Batch: classify a folder of frames")
+card = ui.current_card()
+if card is not None:
+    ui.show_card(card)
+backend = st.radio("Back end", ["onnx", "torch"], horizontal=True,
+                   help="ONNX Runtime is usually 2-3x faster on CPU; torch is the reference")
+predictor = ui.get_predictor(card, backend)
+
+source = st.radio("Images from", ["Folder on the server", "Upload images", "Upload a zip"], horizontal=True)
+root = batch.allowed_root()
+folder_text, uploads, archive = "", [], None
+if source == "Folder on the server":
+    folder_text = st.text_input("Folder", placeholder=str(root / "camera1"), help=f"must lie inside {root}")
+elif source == "Upload images":
+    uploads = st.file_uploader("Images", accept_multiple_files=True,
+                               type=["jpg", "jpeg", "png", "tif", "tiff", "bmp", "webp"])
+else:
+    archive = st.file_uploader("Zip of a folder of images", type=["zip"])
+
+with st.expander("Options"):
+    cols = st.columns(4)
+    recursive = cols[0].checkbox("Include sub-folders", value=True)
+    resume = cols[0].checkbox("Resume the previous run on this folder", value=False,
+                              help="keeps the rows already computed and classifies only the rest")
+    threshold = cols[1].slider("Accept at confidence ≥", 0.0, 1.0, float(card.threshold if card else 0.5), 0.05)
+    sequence_gap = cols[2].number_input("Sequence gap (s)", 1.0, 3600.0, 60.0, 5.0)
+    batch_size = cols[3].number_input("Batch size", 1, 128, 16)
+
+if st.button("Classify", type="primary", disabled=predictor is None):
+    try:
+        work = workdir()
+        if source == "Folder on the server":
+            folder = batch.resolve_allowed_folder(folder_text)
+            key = hashlib.sha1(str(folder).encode()).hexdigest()[:10]
+        elif source == "Upload images":
+            if not uploads:
+                raise WildidError("choose one or more images to upload")
+            folder, key = batch.save_uploads(uploads, fresh(work / "uploads")), "uploads"
+            resume = False
+        else:
+            if archive is None:
+                raise WildidError("choose a zip file to upload")
+            folder, key = batch.extract_zip(archive, fresh(work / "zip")), "zip"
+            resume = False
+        out = work / f"results-{key}.csv"
+        resume = resume and out.exists()
+        progress = st.progress(0.0, text="Reading the folder…")
+        live = st.empty()
+        recent: deque = deque(maxlen=LIVE_ROWS)
+        for step in batch.iter_batch(folder, predictor, out, recursive=recursive, resume=resume, overwrite=not resume,
+                                     threshold=threshold, batch_size=int(batch_size), sequence_gap=sequence_gap):
+            progress.progress(step.done / step.total,
+                              text=f"{step.done}/{step.total} files · {step.rate:.1f} images/s · ETA {duration(step.eta)}")
+            if step.rows:
+                recent.extend({c: row[c] for c in LIVE_COLUMNS} for row in step.rows)
+                live.dataframe(list(recent)[::-1], hide_index=True, width="stretch")
+        live.empty()
+        st.session_state["batch_results"] = str(out)
+        st.session_state["batch_classes"] = list(predictor.card.classes)
+    except WildidError as exc:
+        st.error(str(exc))
+
+results = st.session_state.get("batch_results")
+if results and Path(results).exists():
+    frame = batch.results_frame(results)
+    st.subheader("Results")
+    counts = frame["status"].value_counts()
+    cols = st.columns(4)
+    cols[0].metric("Files", len(frame))
+    cols[1].metric("Accepted", int(counts.get("accepted", 0)))
+    cols[2].metric("To review", int(counts.get("review", 0)))
+    cols[3].metric("Errors", int(counts.get("error", 0)))
+    empty_threshold = st.slider(
+        "Likely empty at empty_score ≥", 0.0, 1.0, DEFAULT_EMPTY_THRESHOLD, 0.01,
+        help="empty_score: 1 = the frame looks like its camera's median background (no animal)",
+    )
+    likely_empty = frame["empty_score"] >= empty_threshold
+    hide_empty = st.checkbox(f"Hide {int(likely_empty.sum())} likely empty frames", value=True)
+    shown = frame[~likely_empty] if hide_empty else frame
+    st.dataframe(shown[TABLE_COLUMNS], hide_index=True, width="stretch")
+    classified = frame[frame["status"] != "error"]
+    if len(classified):
+        figure = px.histogram(classified, x="confidence", color="status", range_x=[0, 1],
+                              title="Confidence of the top label", color_discrete_map={"accepted": "#2f6b3a", "review": "#d08c2b"})
+        figure.update_traces(xbins={"start": 0.0, "end": 1.0, "size": 0.05})
+        st.plotly_chart(figure, width="stretch")
+    json_path = Path(results).with_suffix(".json")
+    batch.export_json(results, json_path, st.session_state.get("batch_classes"), empty_threshold)
+    cols = st.columns(2)
+    cols[0].download_button("Download CSV", Path(results).read_bytes(), file_name="wildid_results.csv",
+                            mime="text/csv")
+    cols[1].download_button("Download JSON (MegaDetector / Timelapse format)", json_path.read_bytes(),
+                            file_name="wildid_results.json", mime="application/json")

@@ -1,0 +1,84 @@
+"""AppTest of the Batch page: a server folder -> progress, results table, histogram, downloads."""
+
+from __future__ import annotations
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from tests.conftest import PROJECT_ROOT
+from tests.imagegen import class_image, write
+
+PAGE = str(PROJECT_ROOT / "pages" / "batch.py")
+
+
+@pytest.fixture(autouse=True)
+def _clear_streamlit_cache():
+    st.cache_resource.clear()
+    yield
+    st.cache_resource.clear()
+
+
+@pytest.fixture()
+def allowed(tmp_path, monkeypatch):
+    root = tmp_path / "allowed"
+    styles = ["dark", "bright", "striped"]
+    for i in range(7):
+        write(root / "site1" / "cam" / f"IMG_{i:04d}.jpg", class_image(styles[i % 3], i, (160, 120)))
+    write(root / "site1" / "broken.jpg", b"\xff\xd8\xff garbage")
+    monkeypatch.setenv("WILDID_ALLOWED_ROOT", str(root))
+    return root
+
+
+def page(model: str = "tiny") -> AppTest:
+    at = AppTest.from_file(PAGE, default_timeout=120)
+    at.session_state["model_name"] = model
+    return at.run()
+
+
+def test_folder_run_shows_table_histogram_and_downloads(models_root, allowed):
+    at = page()
+    assert not at.exception
+    at.text_input[0].input("site1").run()
+    at.button[0].click().run()
+    assert not at.exception and not at.error
+    metrics = {m.label: m.value for m in at.metric if m.label in ("Files", "Accepted", "To review", "Errors")}
+    assert metrics == {"Files": "8", "Accepted": "7", "To review": "0", "Errors": "1"}
+    hide = [c for c in at.checkbox if c.label.startswith("Hide")][0]
+    hide.uncheck().run()
+    table = at.dataframe[-1].value
+    assert len(table) == 8
+    assert set(table["label"]) == {"gray fox", "bobcat", "coyote", ""}
+    assert table.set_index("relpath").loc["broken.jpg", "status"] == "error"
+    downloads = at.get("download_button")
+    assert len(downloads) == 2
+    assert len(at.get("plotly_chart")) == 1
+    results = at.session_state["batch_results"]
+    assert results.endswith(".csv")
+
+
+def test_resume_keeps_rows(models_root, allowed):
+    at = page()
+    at.text_input[0].input("site1").run()
+    at.button[0].click().run()
+    first = open(at.session_state["batch_results"]).read()
+    [c for c in at.checkbox if c.label.startswith("Resume")][0].check().run()
+    at.button[0].click().run()
+    assert not at.exception and not at.error
+    assert open(at.session_state["batch_results"]).read() == first  # nothing redone, nothing duplicated
+
+
+def test_folder_outside_allowed_root_is_refused(models_root, allowed):
+    at = page()
+    at.text_input[0].input("/etc").run()
+    at.button[0].click().run()
+    assert not at.exception
+    assert any("outside the allowed folder" in e.value for e in at.error)
+    assert "batch_results" not in at.session_state
+
+
+def test_model_without_weights_disables_the_run(models_root, allowed):
+    at = page("empty-slot")
+    assert not at.exception
+    assert any("no weights yet" in i.value for i in at.info)
+    assert at.button[0].disabled
