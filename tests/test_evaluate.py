@@ -206,3 +206,16 @@ def test_cli_crops_variants(models_root, tmp_path, capsys):
     names = [m["name"] for m in bundle["models"]]
     assert names == ["tiny full-frame", "tiny cropped"]
     assert bundle["models"][1]["summary"]["accuracy"] == 1.0
+
+
+def test_journal_with_a_torn_last_line(tmp_path):
+    results, _ = synthetic_results(tmp_path)
+    journal = ev.journal_path_for(results)
+    journal.write_text(
+        "path,true_label,reviewer,reviewed_at,predicted_label,confidence\n"
+        f"{tmp_path / 'imgs' / 'f12.jpg'},a,ann,2024-05-01T10:00:00,b,0.8\n"
+        f"{tmp_path / 'imgs' / 'f13.jpg'},b,ann,2024-05-01T10:01:00,b,0.8\n"
+        f"{tmp_path / 'imgs' / 'f14.jpg'},\"co"  # a crash mid-write
+    )
+    run = ev.from_journal(results)
+    assert run.y_true == ["a", "b"] and run.y_pred == ["b", "b"]

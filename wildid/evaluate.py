@@ -307,10 +307,15 @@ def _card_classes(model: str) -> tuple[str, ...]:
 def from_journal(results: str | os.PathLike, journal: CsvSource | None = None, name: str | None = None) -> Run:
     """A results table and its reviewed-labels journal (``<results stem>.reviewed.csv``)."""
     rows = read_results(results)
-    journal = journal if journal is not None else journal_path_for(results)
-    if isinstance(journal, (str, os.PathLike)) and not Path(journal).is_file():
-        raise DataError(f"{journal}: no reviewed-labels journal next to the results (review some images first)")
-    labels = read_journal(journal)
+    if journal is None:
+        from wildid.review import replay_journal
+
+        if not journal_path_for(results).is_file():
+            raise DataError(f"{journal_path_for(results)}: no reviewed-labels journal next to the results (review some images first)")
+        # review's reader: tolerant of a line torn by a crash mid-write; last entry per path wins.
+        labels = replay_journal(results).labels
+    else:
+        labels = read_journal(journal)
     run = _run_from_pairs(name or _model_name(rows, Path(results).stem), rows, _join(rows, labels, None), len(labels),
                           f"{Path(results).name} + reviewed journal")
     run.classes = _card_classes(_model_name(rows, ""))
