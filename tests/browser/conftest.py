@@ -152,15 +152,15 @@ def screenshot(page, name: str) -> Path:
     return path
 
 
-def select_model(page, title_fragment: str) -> None:
-    """Pick a model in the sidebar select box by (part of) its title."""
+def select_model(page, title: str) -> None:
+    """Pick a model in the sidebar by (the start of) its title; wait until the page shows it."""
+    import re
+
     from playwright.sync_api import expect
 
-    picker = (
-        page.get_by_test_id("stSidebar").get_by_test_id("stSelectbox")
-        .filter(has=page.get_by_text("Model", exact=True)).first
-    )
+    picker = page.get_by_test_id("stSidebar").get_by_test_id("stSelectbox").filter(has_text="Model").first
     picker.click()
-    page.get_by_role("option").filter(has_text=title_fragment).first.click()
-    expect(picker).to_contain_text(title_fragment, timeout=30_000)
+    page.keyboard.type(title)  # the option list is virtualised: filter it first
+    page.get_by_role("option").filter(has_text=title).first.click()
+    expect(picker.get_by_role("combobox")).to_have_value(re.compile(re.escape(title)), timeout=30_000)
     wait_for_app(page)

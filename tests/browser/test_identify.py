@@ -4,23 +4,10 @@ import re
 
 import pytest
 
-from tests.browser.conftest import screenshot, wait_for_app
+from tests.browser.conftest import screenshot, select_model, wait_for_app
 from tests.imagegen import class_image
 
 pytestmark = pytest.mark.browser
-
-
-def pick_model(page, title: str) -> None:
-    """Type into the sidebar's model box and take the first match; wait until the page shows it."""
-    from playwright.sync_api import expect
-
-    picker = page.get_by_test_id("stSidebar").get_by_test_id("stSelectbox").filter(has_text="Model").first
-    picker.click()
-    page.keyboard.type(title)  # the option list is virtualised: filter it first
-    page.get_by_role("option").filter(has_text=title).first.click()
-    expect(picker.get_by_role("combobox")).to_have_value(re.compile(re.escape(title)), timeout=30_000)
-    wait_for_app(page)
-    page.get_by_text(f"Model card: {title}").first.wait_for()
 
 
 def test_identify_upload_shows_species_and_facts(page, app_url, tmp_path):
@@ -28,7 +15,8 @@ def test_identify_upload_shows_species_and_facts(page, app_url, tmp_path):
     class_image("bright", seed=200, size=(320, 240)).save(photo, quality=92)
     page.goto(app_url)
     wait_for_app(page)
-    pick_model(page, "Tiny test_resnet")
+    select_model(page, "Tiny test_resnet")
+    page.get_by_text("Model card: Tiny test_resnet").first.wait_for()
     page.locator('[data-testid="stFileUploader"] input[type="file"]').first.set_input_files(str(photo))
     page.get_by_text(re.compile(r"^bobcat \(\d+%\)$")).first.wait_for()
     wait_for_app(page)
