@@ -326,8 +326,6 @@ def test_upload_limit_configured_and_enforced_in_code(tmp_path, monkeypatch):
         imaging.load_image(upload)
 
 
-@pytest.mark.xfail(strict=True, reason="wildid/imaging.py: raw bytes skip the MAX_FILE_BYTES check that paths "
-                                       "and file objects get")
 def test_upload_limit_also_for_raw_bytes(tmp_path, monkeypatch):
     from tests.imagegen import noise_image
     from wildid import imaging

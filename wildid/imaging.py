@@ -67,6 +67,8 @@ def _open(source: ImageSource) -> Image.Image:
     elif isinstance(source, (bytes, bytearray, memoryview)):
         if len(source) == 0:
             raise ImageError(f"{label}: empty file (0 bytes)")
+        if len(source) > MAX_FILE_BYTES:
+            raise ImageError(f"{label}: file is {len(source) / 1e6:.0f} MB, over the {MAX_FILE_BYTES / 1e6:.0f} MB limit")
         opener = io.BytesIO(bytes(source))
     else:
         data = source.read()
@@ -105,13 +107,15 @@ def load_image(source: ImageSource, draft_size: int | None = None, max_pixels: i
         width, height = img.size
         if width < 1 or height < 1:
             raise ImageError(f"{label}: image has no pixels ({width}x{height})")
-        if draft_size and img.format == "JPEG":
-            img.draft("RGB", (draft_size, draft_size))
-        if img.size[0] * img.size[1] > max_pixels:
+        # The declared size counts, not the draft-scaled one: a tiny file claiming 65000x65000
+        # would still decode 66 MP at 1/8 scale.
+        if width * height > max_pixels:
             raise ImageError(
                 f"{label}: image is {width}x{height} ({width * height / 1e6:.0f} MP), over the "
                 f"{max_pixels / 1e6:.0f} MP limit; downscale it first"
             )
+        if draft_size and img.format == "JPEG":
+            img.draft("RGB", (draft_size, draft_size))
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")

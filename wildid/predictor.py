@@ -86,6 +86,25 @@ def draft_size_for(card: ModelCard) -> int:
     return int(np.ceil(max(card.input_size[1:]) / card.crop_pct))
 
 
+def trim_extreme_aspect(img: Image.Image, max_ratio: float = 4.0) -> Image.Image:
+    """Centre-crop the long side of a very elongated image to twice the short side.
+
+    The eval transform resizes the short side up to the model size and keeps only a
+    centred square, so this changes nothing the model sees; without it a 50000x10 strip
+    would be resized to millions of pixels first.
+    """
+    width, height = img.size
+    short, long = min(width, height), max(width, height)
+    if long <= max_ratio * short:
+        return img
+    keep = 2 * short
+    if width > height:
+        left = (width - keep) // 2
+        return img.crop((left, 0, left + keep, height))
+    top = (height - keep) // 2
+    return img.crop((0, top, width, top + keep))
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     logits = logits.astype(np.float64)
     logits -= logits.max(axis=1, keepdims=True)
@@ -109,7 +128,7 @@ class BasePredictor:
     def preprocess(self, image: ImageSource) -> torch.Tensor:
         img = image if isinstance(image, Image.Image) else self.load(image)
         img = to_channel_mode(img if img.mode == "RGB" else img.convert("RGB"), self.card.channel_mode)
-        return self.transform(img)
+        return self.transform(trim_extreme_aspect(img))
 
     # --- forward -------------------------------------------------------------------------
     def logits(self, batch: torch.Tensor) -> np.ndarray:
