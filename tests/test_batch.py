@@ -279,3 +279,22 @@ def test_allowed_folder_and_safe_zip(tmp_path):
         extract_zip(zipped({"big.bin": b"0" * 5000}), tmp_path / "big", max_bytes=1000)
     with pytest.raises(DataError, match="not a readable zip"):
         extract_zip(io.BytesIO(b"nope"), tmp_path / "nozip")
+
+
+def test_resume_refuses_results_of_another_model(models_root, camera_folder, tmp_path):
+    root, _ = camera_folder
+    out = tmp_path / "r.csv"
+    run_batch(root, load_predictor("tiny"), out)
+    with pytest.raises(DataError, match="written by model 'tiny'"):
+        run_batch(root, load_predictor("tiny-vit"), out, resume=True)
+
+
+def test_save_uploads_keeps_equal_names_apart(tmp_path):
+    class Upload(io.BytesIO):
+        def __init__(self, name: str, data: bytes):
+            super().__init__(data)
+            self.name = name
+
+    folder = batch.save_uploads([Upload("a.jpg", b"1"), Upload("../a.jpg", b"2"), Upload("a.jpg", b"3")], tmp_path / "up")
+    assert sorted(p.name for p in folder.iterdir()) == ["a.jpg", "a_1.jpg", "a_2.jpg"]
+    assert sorted(p.read_bytes() for p in folder.iterdir()) == [b"1", b"2", b"3"]

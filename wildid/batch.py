@@ -188,6 +188,9 @@ class FolderPlan:
     metadata: dict[Path, FrameMetadata]
     sequence_ids: dict[Path, str]
     background: np.ndarray | None
+    # Frames decoded for the background sample, kept until the main pass takes them, so no
+    # frame is decoded twice (at most BACKGROUND_SAMPLE per folder: bounded memory).
+    predecoded: dict[Path, "Decoded"] = field(default_factory=dict)
 
 
 def _relpath(path: Path, root: Path) -> str:
@@ -198,21 +201,20 @@ def _relpath(path: Path, root: Path) -> str:
 
 
 def plan_folder(folder: Path, files: Sequence[Path], root: Path, predictor, pool: ThreadPoolExecutor,
-                sequence_gap: float) -> FolderPlan:
-    """Headers of every file in the folder (sequences) and the median background of a sample."""
+                sequence_gap: float, todo: set[Path] | None = None) -> FolderPlan:
+    """Headers of every file in the folder (sequences) and the median background of a sample.
+
+    The sample is taken over all files of the folder, done or not, so a resumed run computes
+    the same background; sampled files still to do keep their decoded form for the main pass.
+    """
     relfolder = _relpath(folder, root) if folder != root else "."
     metadata = dict(zip(files, pool.map(read_metadata, files)))
     sequence_ids = assign_sequences(((f, metadata[f].datetime) for f in files), sequence_gap, prefix=relfolder)
     sample = [files[i] for i in background.sample_indices(len(files))]
-    thumbs = [t for t in pool.map(lambda p: _thumbnail_or_none(p, predictor), sample) if t is not None]
-    return FolderPlan(folder, relfolder, metadata, sequence_ids, background.median_background(thumbs))
-
-
-def _thumbnail_or_none(path: Path, predictor) -> np.ndarray | None:
-    try:
-        return background.thumbnail(predictor.load(path))
-    except Exception:  # noqa: BLE001 - the main pass reports unreadable files
-        return None
+    decoded = list(pool.map(lambda p: decode(p, predictor), sample))
+    thumbs = [d.thumb for d in decoded if d.thumb is not None]
+    keep = {d.path: d for d in decoded if todo is None or d.path in todo}
+    return FolderPlan(folder, relfolder, metadata, sequence_ids, background.median_background(thumbs), keep)
 
 
 # --- decoding ----------------------------------------------------------------------------------------
@@ -332,9 +334,10 @@ def iter_batch(
                 todo = [f for f in files if str(f) not in done]
                 if not todo:
                     continue
-                plan = plan_folder(folder, files, root, predictor, pool, sequence_gap)
+                plan = plan_folder(folder, files, root, predictor, pool, sequence_gap, set(todo))
                 for path in todo:
-                    pending.append((pool.submit(decode, path, predictor), plan))
+                    ready = plan.predecoded.pop(path, None)
+                    pending.append((_done_future(ready) if ready else pool.submit(decode, path, predictor), plan))
                     while len(pending) >= in_flight:
                         future, owner = pending.popleft()
                         entries.append((future.result(), owner))
@@ -351,6 +354,12 @@ def iter_batch(
                 yield flush(entries)
     finally:
         handle.close()
+
+
+def _done_future(value) -> Future:
+    future: Future = Future()
+    future.set_result(value)
+    return future
 
 
 def run_batch(root: Path | str, predictor, out: Path | str, *, empty_threshold: float = background.DEFAULT_EMPTY_THRESHOLD,
