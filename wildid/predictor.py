@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
+import timm  # noqa: F401 - imported eagerly: concurrent lazy imports from app sessions race
+import timm.data
 import torch
 from PIL import Image
 from torch import nn
@@ -67,10 +69,8 @@ class Predictor(Protocol):
 
 def build_transform(card: ModelCard) -> Callable[[Image.Image], torch.Tensor]:
     """timm's eval transform for the card's data config (resize, centre crop, normalise)."""
-    from timm.data import create_transform
-
     cfg = card.data_config()
-    return create_transform(
+    return timm.data.create_transform(
         input_size=cfg["input_size"],
         interpolation=cfg["interpolation"],
         mean=cfg["mean"],
