@@ -9,6 +9,21 @@ from tests.imagegen import CLASS_STYLES, class_image
 pytestmark = pytest.mark.browser
 
 
+def choose(page, label: str, option_text: str) -> None:
+    """Pick an option of a select box; retried because a click can land while the widget re-renders."""
+    box = page.get_by_label(label)
+    option = page.get_by_role("option").filter(has_text=option_text)
+    for _ in range(5):
+        box.click()
+        try:
+            option.first.wait_for(timeout=5_000)
+        except Exception:  # noqa: BLE001 - menu did not open; try again
+            continue
+        option.first.click()
+        return
+    raise AssertionError(f"could not choose {option_text!r} in {label!r}")
+
+
 def test_train_tiny_linear_model(page, app_url, browser_workdir, browser_models_root):
     data = browser_workdir / "train-data"
     for label, style in CLASS_STYLES.items():
@@ -30,8 +45,7 @@ def test_train_tiny_linear_model(page, app_url, browser_workdir, browser_models_
     page.get_by_label("Epochs (0 = default for the mode)").fill("30")
     page.get_by_text("Advanced").click()
     page.get_by_label("Any timm architecture (overrides the choice above)").fill("test_resnet")
-    page.get_by_label("Pretrained weights").click()
-    page.get_by_role("option").filter(has_text="none (random init").click()
+    choose(page, "Pretrained weights", "none (random init")
     page.get_by_text("Advanced").click()  # fold it again for a tidy screenshot
     page.get_by_role("button", name="Train").click()
 
