@@ -298,3 +298,31 @@ def test_save_uploads_keeps_equal_names_apart(tmp_path):
     folder = batch.save_uploads([Upload("a.jpg", b"1"), Upload("../a.jpg", b"2"), Upload("a.jpg", b"3")], tmp_path / "up")
     assert sorted(p.name for p in folder.iterdir()) == ["a.jpg", "a_1.jpg", "a_2.jpg"]
     assert sorted(p.read_bytes() for p in folder.iterdir()) == [b"1", b"2", b"3"]
+
+
+def test_broken_and_looping_symlinks_get_an_error_row(models_root, tmp_path):
+    """A dangling link, a two-link loop and a self-loop are one error row each ("broken symbolic
+    link"); a good link to a frame is classified, a link to a folder is not followed."""
+    root = tmp_path / "frames"
+    write(root / "IMG_0001.jpg", class_image("bright", 1, (96, 72)))
+    (tmp_path / "elsewhere").mkdir()
+    os.symlink("missing.jpg", root / "dangling.jpg")
+    os.symlink("loop_b.jpg", root / "loop_a.jpg")
+    os.symlink("loop_a.jpg", root / "loop_b.jpg")
+    os.symlink("loop_self.jpg", root / "loop_self.jpg")
+    os.symlink("IMG_0001.jpg", root / "good_link.jpg")
+    os.symlink(tmp_path / "elsewhere", root / "folder_link", target_is_directory=True)
+    out = tmp_path / "results.csv"
+    summary = run_batch(root, load_predictor("tiny"), out, recursive=True, batch_size=2)
+    by_rel = {row["relpath"]: row for row in read_rows(out)}
+    assert sorted(by_rel) == ["IMG_0001.jpg", "dangling.jpg", "good_link.jpg", "loop_a.jpg", "loop_b.jpg",
+                              "loop_self.jpg"]
+    assert summary.statuses == {"accepted": 2, "error": 4}
+    for name in ("dangling.jpg", "loop_a.jpg", "loop_b.jpg", "loop_self.jpg"):
+        row = by_rel[name]
+        assert row["status"] == "error" and row["label"] == "", row
+        assert row["error"] == f"{name}: broken symbolic link (its target is missing or loops)"
+    assert by_rel["good_link.jpg"]["label"] == by_rel["IMG_0001.jpg"]["label"] == "bobcat"
+    # A resume finds every row already there (the links are in the done set too).
+    again = run_batch(root, load_predictor("tiny"), out, recursive=True, resume=True)
+    assert again.processed == 0 and again.skipped == 6

@@ -221,8 +221,6 @@ def _rows_from_bytes(data: bytes) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO(data.decode("utf-8"))))
 
 
-@pytest.mark.xfail(strict=True, reason="wildid/batch.py: a full disk surfaces as a raw OSError (a traceback from "
-                                       "`wildid batch`) and can leave a torn row until the next --resume")
 def test_disk_full_is_one_line_and_leaves_no_torn_row(models_root, tmp_path, monkeypatch, capsys):
     from wildid.cli import main
 

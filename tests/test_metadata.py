@@ -70,6 +70,26 @@ def test_read_metadata_of_bad_files_is_empty(tmp_path):
     assert (read_metadata(plain).width, read_metadata(plain).height) == (7, 5)
 
 
+def test_png_exif_before_the_pixels_is_read_without_decoding(tmp_path, monkeypatch):
+    exif = Image.Exif()
+    exif[272] = "PNG Cam"
+    exif.get_ifd(0x8769)[36867] = "2024:01:02 03:04:05"
+    tagged, plain = tmp_path / "tagged.png", tmp_path / "plain.png"
+    Image.new("RGB", (30, 20)).save(tagged, exif=exif)  # PIL writes eXIf before IDAT
+    Image.new("RGB", (30, 20)).save(plain)
+
+    def no_decoding(self, *args, **kwargs):
+        raise AssertionError("read_metadata decoded pixels")
+
+    from PIL import PngImagePlugin
+
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", no_decoding)
+    meta = read_metadata(tagged)
+    assert (meta.camera, meta.datetime, meta.width, meta.height) == ("PNG Cam", datetime(2024, 1, 2, 3, 4, 5), 30, 20)
+    meta = read_metadata(plain)
+    assert (meta.camera, meta.datetime, meta.width, meta.height) == ("", None, 30, 20)
+
+
 def test_assign_sequences_splits_on_gap_in_time_order():
     t0 = datetime(2024, 3, 1, 12, 0, 0)
     frames = [  # given out of time order on purpose

@@ -24,12 +24,14 @@ the review page.
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
 import shutil
 import time
 import zipfile
+import zlib
 from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -61,7 +63,8 @@ def iter_folders(root: Path | str, recursive: bool = False, exclude: Iterable[Pa
     """(folder, its files sorted by name), folder by folder, depth first in name order.
 
     Hidden files and folders (leading dot) are skipped, symlinked folders are not followed
-    (no loops), and paths in ``exclude`` (results files, a sort target) are left out.
+    (no loops), and paths in ``exclude`` (results files, a sort target) are left out.  Broken
+    or looping symbolic links count as files, so they get an error row instead of vanishing.
     """
     root = Path(os.path.abspath(Path(root).expanduser()))
     if not root.is_dir():
@@ -82,7 +85,7 @@ def iter_folders(root: Path | str, recursive: bool = False, exclude: Iterable[Pa
                     try:
                         if entry.is_dir(follow_symlinks=False):
                             subfolders.append(path)
-                        elif entry.is_file():
+                        elif _is_file_or_broken_link(entry):
                             files.append(path)
                     except OSError:
                         continue
@@ -93,6 +96,15 @@ def iter_folders(root: Path | str, recursive: bool = False, exclude: Iterable[Pa
             yield folder, files
         if recursive:
             stack.extend(sorted(subfolders, key=lambda p: p.name, reverse=True))
+
+
+def _is_file_or_broken_link(entry: os.DirEntry) -> bool:
+    try:
+        if entry.is_file():
+            return True
+    except OSError:  # a symbolic link loop (ELOOP)
+        pass
+    return entry.is_symlink() and not os.path.exists(entry.path)
 
 
 def count_files(root: Path | str, recursive: bool = False, exclude: Iterable[Path | str] = (),
@@ -170,8 +182,11 @@ def open_results(out: Path | str, resume: bool = False, overwrite: bool = False,
     fresh = overwrite or not out.exists() or out.stat().st_size == 0
     handle = out.open("w" if fresh else "a", newline="", encoding="utf-8")
     if fresh:
-        csv.writer(handle).writerow(COLUMNS)
-        _sync(handle)
+        try:
+            csv.writer(handle).writerow(COLUMNS)
+            _sync(handle)
+        except OSError as exc:
+            raise _write_failed(handle, out, 0, exc) from None
     return handle, done
 
 
@@ -234,9 +249,11 @@ def decode(path: Path, predictor) -> Decoded:
         img = predictor.load(path)
         tensor = predictor.preprocess(img)
         return Decoded(path, tensor, quality_metrics(img), background.thumbnail(img), img.size)
-    except WildidError as exc:
-        return Decoded(path, error=_one_line(str(exc)))
     except Exception as exc:  # noqa: BLE001 - one bad file is one error row, never a crash
+        if path.is_symlink() and not path.exists():
+            return Decoded(path, error=_one_line(f"{path.name}: broken symbolic link (its target is missing or loops)"))
+        if isinstance(exc, WildidError):
+            return Decoded(path, error=_one_line(str(exc)))
         return Decoded(path, error=_one_line(f"{path.name}: cannot process ({type(exc).__name__}: {exc})"))
 
 
@@ -313,12 +330,16 @@ def iter_batch(
             raise DataError(f"{root}: no files found" + ("" if recursive else " (sub-folders need --recursive)"))
         writer = csv.writer(handle)
         started = time.perf_counter()
-        state = {"done": already, "processed": 0}
+        state = {"done": already, "processed": 0, "synced": os.fstat(handle.fileno()).st_size}
 
         def flush(entries: list[tuple[Decoded, FolderPlan]]) -> BatchProgress:
             rows = _rows_for(entries, predictor, root, threshold, top_k)
-            writer.writerows([[_cell(row[c]) for c in COLUMNS] for row in rows])
-            _sync(handle)
+            try:
+                writer.writerows([[_cell(row[c]) for c in COLUMNS] for row in rows])
+                _sync(handle)
+            except OSError as exc:
+                raise _write_failed(handle, out, state["synced"], exc) from None
+            state["synced"] = os.fstat(handle.fileno()).st_size
             state["done"] += len(rows)
             state["processed"] += len(rows)
             if delay:
@@ -354,6 +375,22 @@ def iter_batch(
                 yield flush(entries)
     finally:
         handle.close()
+
+
+def _write_failed(handle, out: Path, good_size: int, exc: OSError) -> DataError:
+    """A failed write (disk full, I/O error): cut the results back to the last complete batch,
+    so no torn row is left behind, and say what to do in one line."""
+    try:
+        handle.close()  # flushing the rest of the buffer may fail again; the file is cut below anyway
+    except OSError:
+        pass
+    try:
+        os.truncate(out, good_size)
+    except OSError:
+        pass  # a resume drops a half-written last line too
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    hint = "free space and rerun with --resume" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "rerun with --resume"
+    return DataError(_one_line(f"could not write results to {out}: {reason}; {hint}"))
 
 
 def _done_future(value) -> Future:
@@ -572,6 +609,15 @@ def safe_name(label: str) -> str:
 ALLOWED_ROOT_ENV = "WILDID_ALLOWED_ROOT"
 MAX_ZIP_BYTES = int(os.environ.get("WILDID_MAX_ZIP_BYTES", 4 * 1024**3))
 MAX_ZIP_FILES = 100_000
+# Zip bombs: unpacked size over archive size.  Camera frames (JPEG) barely compress, so a zip
+# that claims more than this ratio (and more than the floor, so a few blank test images pass)
+# is refused before anything is written.  The ratio is taken over the real archive length, so
+# overlapping-member bombs (many entries sharing one compressed stream) are caught too.
+MAX_ZIP_RATIO = 100
+ZIP_RATIO_FLOOR = 64 * 1024**2
+# What zipfile raises on a damaged or unsupported member while unpacking.
+_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, RuntimeError, EOFError,
+               zlib.error, ValueError, OSError)
 
 
 def allowed_root() -> Path:
@@ -583,25 +629,35 @@ def resolve_allowed_folder(text: str, root: Path | None = None) -> Path:
     root = (root or allowed_root()).resolve()
     if not text or not text.strip():
         raise DataError(f"enter a folder inside {root}")
-    candidate = Path(text.strip()).expanduser()
-    if not candidate.is_absolute():
-        candidate = root / candidate
-    resolved = candidate.resolve()
-    if resolved != root and root not in resolved.parents:
-        raise DataError(f"{text.strip()}: outside the allowed folder {root} (set {ALLOWED_ROOT_ENV} to change it)")
-    if not resolved.is_dir():
-        raise DataError(f"{text.strip()}: no such folder")
+    shown = text.strip().replace("\x00", "\\0")
+    try:
+        candidate = Path(text.strip()).expanduser()
+        if not candidate.is_absolute():
+            candidate = root / candidate
+        resolved = candidate.resolve()
+        inside = resolved == root or root in resolved.parents
+        is_dir = inside and resolved.is_dir()
+    except (ValueError, OSError, RuntimeError) as exc:  # a NUL byte, a name too long, a symlink loop
+        raise DataError(_one_line(f"{shown!r}: not a usable folder path ({exc})")) from None
+    if not inside:
+        raise DataError(_one_line(f"{shown}: outside the allowed folder {root} (set {ALLOWED_ROOT_ENV} to change it)"))
+    if not is_dir:
+        raise DataError(_one_line(f"{shown}: no such folder"))
     return resolved
 
 
-def extract_zip(source, dest: Path | str, max_bytes: int = MAX_ZIP_BYTES, max_files: int = MAX_ZIP_FILES) -> Path:
+def extract_zip(source, dest: Path | str, max_bytes: int = MAX_ZIP_BYTES, max_files: int = MAX_ZIP_FILES,
+                max_ratio: float = MAX_ZIP_RATIO) -> Path:
     """Unpack a zip (path or file-like) into ``dest`` after checking every member: no absolute
-    paths or ``..`` (path traversal), no links, and limits on total unpacked size and count
-    (zip bombs).  Nothing is written unless all members pass."""
+    paths or ``..`` (path traversal), no links, and limits on total unpacked size, count and
+    compression ratio (zip bombs).  Nothing is written unless all members pass; a member that
+    fails while unpacking (bad checksum, size that lies, unsupported compression, encryption,
+    a file and a folder of one name) removes everything unpacked so far and raises DataError."""
     dest = Path(dest)
+    archive_bytes = _stream_length(source)
     try:
         archive = zipfile.ZipFile(source)
-    except (zipfile.BadZipFile, OSError, ValueError):
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError):
         raise DataError("the upload is not a readable zip file") from None
     with archive:
         members = [m for m in archive.infolist() if not m.is_dir()]
@@ -610,19 +666,57 @@ def extract_zip(source, dest: Path | str, max_bytes: int = MAX_ZIP_BYTES, max_fi
         total = sum(m.file_size for m in members)
         if total > max_bytes:
             raise DataError(f"the zip unpacks to {total / 1e6:.0f} MB, over the {max_bytes / 1e6:.0f} MB limit")
+        if archive_bytes and total > max(ZIP_RATIO_FLOOR, max_ratio * archive_bytes):
+            raise DataError(f"the zip unpacks to {total / 1e6:.0f} MB from {archive_bytes / 1e6:.1f} MB, over the "
+                            f"{max_ratio:.0f}:1 compression limit (a zip bomb?); refusing the zip")
         for member in members:
             name = PurePosixPath(member.filename.replace("\\", "/"))
             if name.is_absolute() or ".." in name.parts or (name.parts and ":" in name.parts[0]):
                 raise DataError(f"the zip entry {member.filename!r} points outside the folder; refusing the zip")
             if (member.external_attr >> 16) & 0o170000 == 0o120000:
                 raise DataError(f"the zip entry {member.filename!r} is a symbolic link; refusing the zip")
-        dest.mkdir(parents=True, exist_ok=True)
-        for member in members:
-            target = dest / PurePosixPath(member.filename.replace("\\", "/"))
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with archive.open(member) as src, target.open("wb") as out:
-                shutil.copyfileobj(src, out, 1 << 20)
+        existed = dest.is_dir()
+        before = set(os.listdir(dest)) if existed else set()
+        member = None
+        try:
+            dest.mkdir(parents=True, exist_ok=True)
+            for member in members:
+                target = dest / PurePosixPath(member.filename.replace("\\", "/"))
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with archive.open(member) as src, target.open("wb") as out:
+                    shutil.copyfileobj(src, out, 1 << 20)
+        except _ZIP_ERRORS as exc:
+            _remove_new_entries(dest, existed, before)
+            where = f"the zip entry {member.filename!r}" if member is not None else "the zip"
+            reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+            raise DataError(_one_line(f"{where} could not be unpacked ({reason}); nothing was kept")) from None
     return dest
+
+
+def _stream_length(source) -> int | None:
+    """Byte length of a zip given as a path or a seekable file-like (None if unknown)."""
+    try:
+        if isinstance(source, (str, os.PathLike)):
+            return os.path.getsize(source)
+        position = source.tell()
+        length = source.seek(0, os.SEEK_END)
+        source.seek(position)
+        return length
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _remove_new_entries(dest: Path, existed: bool, before: set[str]) -> None:
+    """Undo a partial extraction: the whole folder if it was made here, else what was added to it."""
+    if not existed:
+        shutil.rmtree(dest, ignore_errors=True)
+        return
+    for name in set(os.listdir(dest)) - before:
+        path = dest / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def save_uploads(files: Iterable[Any], dest: Path | str) -> Path:

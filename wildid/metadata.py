@@ -30,6 +30,8 @@ DEFAULT_SEQUENCE_GAP = 60.0  # seconds between frames of one burst / visit
 
 _EXIF_DATETIME = re.compile(r"^\s*(\d{4})[:\-/](\d{2})[:\-/](\d{2})[ T](\d{2}):(\d{2}):(\d{2})")
 _OFFSET = re.compile(r"^([+-])(\d{2}):?(\d{2})$")
+# Formats whose PIL getexif() loads (decodes) the image when the EXIF is not in the header.
+_EXIF_DECODES_PIXELS = frozenset({"PNG"})
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,11 @@ def _clean(value: object) -> str:
 def metadata_from_image(img: Image.Image) -> FrameMetadata:
     """Metadata of an opened (not necessarily decoded) PIL image."""
     width, height = img.size
+    if img.format in _EXIF_DECODES_PIXELS and "exif" not in img.info:
+        # PIL's PNG getexif() decodes the whole image to look for an eXIf chunk after the pixel
+        # data (no pixel limit: a 30 KB header-only PNG can claim 10^10 pixels).  Only an eXIf
+        # chunk before the pixels (already in img.info) is read; otherwise just the size.
+        return FrameMetadata(width=width, height=height)
     try:
         exif = img.getexif()
     except Exception:  # noqa: BLE001 - garbage EXIF must not cost the frame
