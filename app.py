@@ -1,4 +1,4 @@
-"""wildid: identify animals from images.  Entry point: a router over pages/ and the frame
+"""wildid: identify animals from images.  Entry point: a router over app_pages/ and the frame
 (sidebar model picker) that all pages share.   Run:  make run"""
 
 import streamlit as st
@@ -8,13 +8,13 @@ import ui
 st.set_page_config(page_title="wildid", page_icon="🐾", layout="wide")
 
 pages = [
-    st.Page("pages/identify.py", title="Identify", icon="🔎", default=True),
-    st.Page("pages/batch.py", title="Batch", icon="🗂️"),
-    st.Page("pages/models.py", title="Models", icon="🧠"),
-    st.Page("pages/review.py", title="Review", icon="✅"),
-    st.Page("pages/train.py", title="Train", icon="🏋️"),
-    st.Page("pages/dashboard.py", title="Dashboard", icon="📊"),
-    st.Page("pages/reid.py", title="Re-ID", icon="🐆"),
+    st.Page("app_pages/identify.py", title="Identify", icon=":material/search:", default=True),
+    st.Page("app_pages/batch.py", title="Batch", icon=":material/folder_open:"),
+    st.Page("app_pages/review.py", title="Review", icon=":material/fact_check:"),
+    st.Page("app_pages/dashboard.py", title="Dashboard", icon=":material/monitoring:"),
+    st.Page("app_pages/train.py", title="Train", icon=":material/school:"),
+    st.Page("app_pages/models.py", title="Models", icon=":material/model_training:"),
+    st.Page("app_pages/reid.py", title="Re-ID", icon=":material/pets:"),
 ]
 navigation = st.navigation(pages)
 ui.model_picker()

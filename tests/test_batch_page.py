@@ -9,7 +9,7 @@ from streamlit.testing.v1 import AppTest
 from tests.conftest import PROJECT_ROOT
 from tests.imagegen import class_image, write
 
-PAGE = str(PROJECT_ROOT / "pages" / "batch.py")
+PAGE = str(PROJECT_ROOT / "app_pages" / "batch.py")
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,4 @@
-"""AppTest of pages/dashboard.py with a generated results file (+ journal) and a labelled folder."""
+"""AppTest of app_pages/dashboard.py with a generated results file (+ journal) and a labelled folder."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from tests.imagegen import CLASS_STYLES, class_image, write
 from tests.test_evaluate import write_results
 from wildid import evaluate as ev
 
-PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "dashboard.py")
+PAGE = str(Path(__file__).resolve().parents[1] / "app_pages" / "dashboard.py")
 SOURCES = [
     "Labelled folder or CSV on the server",
     "Upload a results CSV + truth CSV",

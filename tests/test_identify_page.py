@@ -16,7 +16,7 @@ from tests.imagegen import class_image, jpeg_bytes, png_header_only, truncated_j
 from wildid.errors import ImageError
 from wildid.imaging import load_image
 
-PAGE = str(PROJECT_ROOT / "pages" / "identify.py")
+PAGE = str(PROJECT_ROOT / "app_pages" / "identify.py")
 
 
 @pytest.fixture(autouse=True)

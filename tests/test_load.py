@@ -1,6 +1,6 @@
 """Load: 20 app sessions identify images with one shared model in memory.
 
-Each session is its own AppTest of pages/identify.py (own session state, own uploads); the
+Each session is its own AppTest of app_pages/identify.py (own session state, own uploads); the
 model lives once in st.cache_resource.  Session i uploads an image of class i % 3, then one
 of class (i + 1) % 3, and must see its own label each time.  Memory (RSS) must stay flat
 across waves; p50/p95 latency of a script run is printed.
@@ -52,7 +52,7 @@ def _shown_labels(at) -> list[str]:
 def open_session():
     from streamlit.testing.v1 import AppTest
 
-    at = AppTest.from_file(str(PROJECT_ROOT / "pages" / "identify.py"), default_timeout=60)
+    at = AppTest.from_file(str(PROJECT_ROOT / "app_pages" / "identify.py"), default_timeout=60)
     at.session_state["model_name"] = "tiny"
     at.run()
     assert not at.exception, [e.value for e in at.exception]

@@ -19,7 +19,7 @@ def _clear_streamlit_cache():
 
 
 def test_models_page_lists_cards(models_root):
-    at = AppTest.from_file(str(PROJECT_ROOT / "pages" / "models.py"), default_timeout=60).run()
+    at = AppTest.from_file(str(PROJECT_ROOT / "app_pages" / "models.py"), default_timeout=60).run()
     assert not at.exception
     table = at.dataframe[0].value
     assert {"tiny", "general-animals", "empty-slot", "tracks"} <= set(table["name"])

@@ -14,7 +14,7 @@ from tests.reidgen import coat_view, write_individuals
 from tests.test_reid import MODEL, _handcrafted_master  # noqa: F401 - session fixture
 from wildid import reid
 
-PAGE = str(PROJECT_ROOT / "pages" / "reid.py")
+PAGE = str(PROJECT_ROOT / "app_pages" / "reid.py")
 
 
 @pytest.fixture(autouse=True)

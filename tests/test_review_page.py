@@ -1,4 +1,4 @@
-"""AppTest of pages/review.py: label images with the page's buttons, check the journal."""
+"""AppTest of app_pages/review.py: label images with the page's buttons, check the journal."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def _clear_caches():
     yield
 
 
-PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "review.py")
+PAGE = str(Path(__file__).resolve().parents[1] / "app_pages" / "review.py")
 
 
 @pytest.fixture()

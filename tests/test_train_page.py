@@ -10,7 +10,7 @@ from streamlit.testing.v1 import AppTest
 
 from tests.imagegen import CLASS_STYLES, class_image, write
 
-PAGE = Path(__file__).resolve().parent.parent / "pages" / "train.py"
+PAGE = Path(__file__).resolve().parent.parent / "app_pages" / "train.py"
 
 
 @pytest.fixture(autouse=True)
