@@ -94,10 +94,20 @@ def find_card(name_or_path: str | os.PathLike) -> ModelCard:
     raise ModelNotAvailable(f"no model named {text!r}; installed: {names}")
 
 
+def _short_path(path: Path | None, fallback: str) -> str:
+    """``models/tracks`` rather than an absolute path when the folder lies under the working directory."""
+    if path is None:
+        return fallback
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def missing_weights_message(card: ModelCard) -> str:
     return (
         f"model {card.name!r} ({card.display_title}) has no weights yet: train one with "
-        f"`wildid train DATA --out {card.folder or 'models/' + card.name}`, or add a checkpoint with "
+        f"`wildid train DATA --out {_short_path(card.folder, 'models/' + card.name)}`, or add a checkpoint with "
         f"`wildid import CHECKPOINT --name {card.name} --arch ARCH` (classes come from its card)"
     )
 
