@@ -105,13 +105,19 @@ def facts_card(label: str, card) -> None:
         lines = [f"**Habitat:** {info.habitat}", f"**Range:** {info.range}", f"**Size:** {info.size}"]
         if info.tracks is not None:
             t = info.tracks
+            lines.append(f"**Tracks:** {t.description}")
             lines.append(
-                f"**Tracks:** {t.description} Print {t.print_size}; toes {t.toes_front} front / {t.toes_hind} hind; "
-                f"claw marks: {t.claw_marks}; gait: {t.gait}."
+                f"- Print: {_clause(t.print_size)}\n- Toes: {t.toes_front} front, {t.toes_hind} hind\n"
+                f"- Claw marks: {_clause(t.claw_marks)}\n- Gait: {_clause(t.gait)}"
             )
-        lines.append(f"**Look-alikes:** {', '.join(info.look_alikes)}")
+        lines.append("**Look-alikes:**\n" + "\n".join(f"- {_clause(item)}" for item in info.look_alikes))
+        lines.append(f"**Did you know?** {info.notable_fact}")
         st.markdown("\n\n".join(lines))
-        st.markdown(f"💡 {info.notable_fact}")
+
+
+def _clause(text: str) -> str:
+    """One fact per list item, without a doubled full stop."""
+    return text.strip().rstrip(".")
 
 
 def show_facts(prediction) -> None:
