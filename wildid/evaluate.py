@@ -30,10 +30,11 @@ from typing import Any, BinaryIO, Callable, Iterable, Mapping, Sequence, Union
 
 import numpy as np
 
+from wildid import datasets
 from wildid import metrics as M
+from wildid.datasets import Sample
 from wildid.errors import DataError, ImageError, WildidError
 from wildid.imaging import crop as crop_image
-from wildid.imaging import is_image_file
 
 CsvSource = Union[str, os.PathLike, BinaryIO, io.StringIO]
 Progress = Callable[[int, int], None]
@@ -42,14 +43,6 @@ HOVER_FILES = 5
 
 
 # --- data in ---------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class LabelledItem:
-    path: str
-    label: str
-    group: str | None = None
-    crop: tuple[float, float, float, float] | None = None
-
-
 @dataclass
 class Run:
     """Truth and predictions for one model / variant; ``errors`` are files that could not be classified."""
@@ -95,56 +88,14 @@ def _read_csv_rows(source: CsvSource) -> tuple[list[dict[str, str]], str]:
     return rows, name
 
 
-def _parse_crop(text: str, where: str) -> tuple[float, float, float, float] | None:
-    if not text:
-        return None
-    parts = [p for p in text.replace(";", ",").split(",") if p.strip()]
-    try:
-        values = tuple(float(p) for p in parts)
-    except ValueError:
-        values = ()
-    if len(values) != 4:
-        raise DataError(f"{where}: crop must be 'x,y,w,h' in pixels, got {text!r}")
-    return values  # type: ignore[return-value]
-
-
-def load_labelled(source: str | os.PathLike) -> list[LabelledItem]:
-    """An ImageFolder (one sub-folder per class) or a CSV with path,label (+ optional group, crop)."""
-    path = Path(source).expanduser()
-    if path.is_dir():
-        items = [
-            LabelledItem(str(f), class_dir.name)
-            for class_dir in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
-            for f in sorted(class_dir.rglob("*"))
-            if f.is_file() and is_image_file(f)
-        ]
-        if not items:
-            raise DataError(f"{path}: no images in class sub-folders (expected {path}/<class>/<image>.jpg)")
-        return items
-    if path.suffix.lower() == ".csv":
-        rows, name = _read_csv_rows(path)
-        if rows and not {"path", "label"} <= set(rows[0]):
-            raise DataError(f"{name}: a labelled CSV needs columns path,label (found {', '.join(rows[0])})")
-        items = []
-        for number, row in enumerate(rows, start=2):
-            if not row.get("path") or not row.get("label"):
-                continue
-            file = Path(row["path"]).expanduser()
-            if not file.is_absolute():
-                file = path.parent / file
-            items.append(LabelledItem(str(file), row["label"], row.get("group") or None,
-                                      _parse_crop(row.get("crop", ""), f"{name} line {number}")))
-        if not items:
-            raise DataError(f"{name}: no rows with both path and label")
-        return items
-    if not path.exists():
-        raise DataError(f"{path}: no such folder or CSV file")
-    raise DataError(f"{path}: expected a folder of class sub-folders or a CSV with path,label")
+def load_labelled(source: str | os.PathLike) -> list[Sample]:
+    """The samples of an ImageFolder or a CSV path,label[,group,crop] (see :mod:`wildid.datasets`)."""
+    return list(datasets.load_labelled(source).samples)
 
 
 def run_predictor(
     predictor,
-    items: Sequence[LabelledItem],
+    items: Sequence[Sample],
     progress: Progress | None = None,
     use_crops: bool = False,
     name: str | None = None,
@@ -165,16 +116,16 @@ def run_predictor(
         tensors, kept = [], []
         for item in chunk:
             try:
-                img = predictor.load(item.path)
+                img = predictor.load(str(item.path))
                 if use_crops and item.crop is not None:
                     img = crop_image(img, item.crop)
                 tensors.append(predictor.preprocess(img))
                 kept.append(item)
             except ImageError as exc:
-                run.errors.append({"path": item.path, "error": str(exc)})
+                run.errors.append({"path": str(item.path), "error": str(exc)})
         if tensors:
             for item, pred in zip(kept, predictor.postprocess(predictor.predict_proba(torch.stack(tensors)), top_k=1)):
-                run.paths.append(item.path)
+                run.paths.append(str(item.path))
                 run.y_true.append(item.label)
                 run.y_pred.append(pred.label)
                 run.confidence.append(float(pred.confidence))

@@ -20,7 +20,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from wildid.backbones import build_model, default_data_config, is_torchvision
+from wildid.backbones import build_model, card_preprocessing, is_torchvision
 from wildid.cards import CARD_FILE, ModelCard, card_from_dict, load_card, today
 from wildid.checkpoints import CHECKPOINT_SUFFIXES, fit_state_dict, read_checkpoint
 from wildid.errors import CardError, CheckpointError, ModelNotAvailable, WildidError
@@ -124,18 +124,13 @@ def card_for_checkpoint(path: Path, arch: str | None, classes: Sequence[str] | N
             f"{path.name} has no card.toml beside it; give the architecture and class list "
             f"(--arch resnet18 --classes classes.txt) so a card can be written"
         )
-    cfg = default_data_config(arch)
     return ModelCard(
         name=name or path.stem,
         arch=arch,
         classes=tuple(classes),
         weights=path.name,
-        input_size=tuple(cfg["input_size"]),
-        mean=tuple(cfg["mean"]),
-        std=tuple(cfg["std"]),
-        interpolation=cfg["interpolation"],
-        crop_pct=float(cfg["crop_pct"]),
         folder=path.parent,
+        **card_preprocessing(arch),
     )
 
 
@@ -322,20 +317,8 @@ def import_checkpoint(
     arch = arch or (slot.arch if slot else None)
     if not arch or not classes:
         raise CardError("give --arch and --classes (or import into an existing model slot that lists them)")
-    cfg = default_data_config(arch)
     base = slot.to_dict() if slot else {}
-    base.update(
-        {
-            "name": name,
-            "arch": arch,
-            "classes": list(classes),
-            "input_size": list(cfg["input_size"]),
-            "mean": list(cfg["mean"]),
-            "std": list(cfg["std"]),
-            "interpolation": cfg["interpolation"],
-            "crop_pct": float(cfg["crop_pct"]),
-        }
-    )
+    base.update({"name": name, "arch": arch, "classes": list(classes), **card_preprocessing(arch)})
     base.update({k: v for k, v in card_fields.items() if v is not None})
     base.setdefault("provenance", {})
     base["provenance"] = dict(base["provenance"], imported_from=str(source), imported=today())

@@ -23,9 +23,7 @@ Nothing here imports streamlit: the page passes a ``progress`` callback and a st
 from __future__ import annotations
 
 import copy
-import csv
 import hashlib
-import io
 import math
 import os
 import threading
@@ -42,9 +40,10 @@ from PIL import Image
 from torch import nn
 
 from wildid.cards import CARD_FILE, ModelCard, load_card, today
+from wildid.datasets import LabelledData, Sample, load_labelled  # noqa: F401 - re-exported
 from wildid.errors import DataError, ImageError, WildidError
 from wildid.imaging import crop as crop_image
-from wildid.imaging import is_image_file, load_image, to_channel_mode
+from wildid.imaging import load_image, to_channel_mode
 
 MODES = ("linear", "finetune", "progressive")
 WEIGHT_SOURCES = ("package", "hub", "none")
@@ -56,155 +55,7 @@ class TrainingStopped(WildidError):
     """The user pressed stop; nothing was written."""
 
 
-# --- data -------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Sample:
-    path: Path
-    label: str
-    group: str | None = None
-    crop: tuple[float, float, float, float] | None = None
-
-
-@dataclass(frozen=True)
-class LabelledData:
-    samples: tuple[Sample, ...]
-    classes: tuple[str, ...]
-    source: str
-    kind: str  # "imagefolder" | "csv"
-    group_column: str | None = None
-    skipped: tuple[tuple[str, str], ...] = ()  # (path, reason) for files left out
-
-    @property
-    def labels(self) -> list[str]:
-        return [s.label for s in self.samples]
-
-    @property
-    def groups(self) -> list[str] | None:
-        if self.group_column is None:
-            return None
-        return [s.group or "" for s in self.samples]
-
-    def class_counts(self) -> dict[str, int]:
-        counts = Counter(self.labels)
-        return {c: counts.get(c, 0) for c in self.classes}
-
-    def summary(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "source": self.source,
-            "kind": self.kind,
-            "images": len(self.samples),
-            "classes": len(self.classes),
-            "per_class": self.class_counts(),
-            "skipped": len(self.skipped),
-        }
-        if self.group_column:
-            out["group_column"] = self.group_column
-            out["groups"] = len(set(self.groups or []))
-        return out
-
-    def without(self, bad: dict[int, str]) -> "LabelledData":
-        """A copy without the samples at the given indices (index -> reason)."""
-        keep = tuple(s for i, s in enumerate(self.samples) if i not in bad)
-        skipped = self.skipped + tuple((str(self.samples[i].path), reason) for i, reason in sorted(bad.items()))
-        return LabelledData(keep, self.classes, self.source, self.kind, self.group_column, skipped)
-
-
-def load_labelled(source: str | os.PathLike, groups: str | None = None) -> LabelledData:
-    """An ImageFolder (one sub-folder per class) or a CSV with path,label[,GROUP][,crop].
-
-    For an ImageFolder, ``groups="folder"`` takes the first folder below the class folder
-    (``bobcat/site-3/img.jpg`` -> group ``site-3``) as the group.
-    """
-    path = Path(source).expanduser()
-    if not path.exists():
-        raise DataError(f"{path}: no such folder or CSV file")
-    if path.is_dir():
-        return _load_imagefolder(path, groups)
-    if path.suffix.lower() in (".csv", ".tsv", ".txt"):
-        return _load_csv(path, groups)
-    raise DataError(f"{path}: give a folder with one sub-folder per class, or a CSV with columns path,label")
-
-
-def _load_imagefolder(root: Path, groups: str | None) -> LabelledData:
-    if groups not in (None, "folder"):
-        raise DataError(
-            f"groups column {groups!r} missing: an image folder has no columns; use a CSV with a "
-            f"{groups!r} column, or --groups folder for class/GROUP/image.jpg layouts"
-        )
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    samples, skipped = [], []
-    for class_dir in class_dirs:
-        for file in sorted(class_dir.rglob("*")):
-            if not file.is_file() or any(part.startswith(".") for part in file.relative_to(root).parts):
-                continue
-            if not is_image_file(file):
-                continue
-            group = None
-            if groups == "folder":
-                rel = file.relative_to(class_dir).parts
-                group = rel[0] if len(rel) > 1 else "(none)"
-            samples.append(Sample(file, class_dir.name, group))
-    if not samples:
-        loose = [p for p in root.iterdir() if p.is_file() and is_image_file(p)]
-        hint = " (images lie directly in the folder: put each class in its own sub-folder)" if loose else ""
-        raise DataError(f"no images found in {root}: expected one sub-folder per class{hint}")
-    classes = tuple(sorted({s.label for s in samples}))
-    return LabelledData(tuple(samples), classes, str(root), "imagefolder", "folder" if groups else None, tuple(skipped))
-
-
-def _parse_crop(text: str, where: str) -> tuple[float, float, float, float] | None:
-    text = (text or "").strip().strip('"').strip("()[]")
-    if not text:
-        return None
-    parts = [p for p in text.replace(";", ",").replace(" ", ",").split(",") if p]
-    try:
-        values = tuple(float(p) for p in parts)
-    except ValueError:
-        values = ()
-    if len(values) != 4 or values[2] <= 0 or values[3] <= 0:
-        raise DataError(f"{where}: crop {text!r} is not 'x,y,w,h' with a positive width and height")
-    return values  # type: ignore[return-value]
-
-
-def _load_csv(path: Path, groups: str | None) -> LabelledData:
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: cannot read the CSV ({exc})") from None
-    dialect = csv.excel_tab if path.suffix.lower() == ".tsv" else csv.excel
-    reader = csv.DictReader(io.StringIO(text), dialect=dialect)
-    columns = [c.strip() for c in (reader.fieldnames or [])]
-    reader.fieldnames = columns
-    missing = [c for c in ("path", "label") if c not in columns]
-    if missing:
-        raise DataError(f"{path.name}: missing column(s) {', '.join(missing)}; a training CSV needs path,label (found: {', '.join(columns) or 'nothing'})")
-    if groups and groups not in columns:
-        raise DataError(f"{path.name}: groups column {groups!r} missing; columns are {', '.join(columns)}")
-    samples, skipped = [], []
-    for line, row in enumerate(reader, start=2):
-        raw_path, label = (row.get("path") or "").strip(), (row.get("label") or "").strip()
-        if not raw_path:
-            continue
-        file = Path(raw_path).expanduser()
-        if not file.is_absolute():
-            file = path.parent / file
-        if not label:
-            skipped.append((str(file), f"line {line}: no label"))
-            continue
-        group = None
-        if groups:
-            group = (row.get(groups) or "").strip()
-            if not group:
-                skipped.append((str(file), f"line {line}: empty {groups}"))
-                continue
-        box = _parse_crop(row.get("crop") or "", f"{path.name} line {line}") if "crop" in columns else None
-        samples.append(Sample(file, label, group, box))
-    if not samples:
-        raise DataError(f"{path.name}: no rows with a path and a label")
-    classes = tuple(sorted({s.label for s in samples}))
-    return LabelledData(tuple(samples), classes, str(path), "csv", groups, tuple(skipped))
-
-
+# --- data checks (reading labelled data: wildid.datasets) ----------------------------------------
 def check_data(data: LabelledData, folds: int) -> None:
     """Raise DataError when the data cannot give a model or the requested validation."""
     if not data.samples:
@@ -357,21 +208,16 @@ def resolve_weights(arch: str, weights: str | None) -> tuple[str, list[str]]:
 
 
 def base_card(name: str, config: TrainConfig, classes: Sequence[str]) -> ModelCard:
-    from wildid.backbones import default_data_config
+    from wildid.backbones import card_preprocessing
 
-    cfg = default_data_config(config.arch)
     return ModelCard(
         name=name,
         arch=config.arch,
         classes=tuple(classes),
         title=config.title or name,
         task=config.task,
-        input_size=tuple(cfg["input_size"]),
-        mean=tuple(cfg["mean"]),
-        std=tuple(cfg["std"]),
-        interpolation=cfg["interpolation"],
-        crop_pct=float(cfg["crop_pct"]),
         channel_mode=config.channel_mode,
+        **card_preprocessing(config.arch),
     )
 
 
