@@ -24,10 +24,6 @@ def test_review_keyboard_labels_survive_reload(page, app_url, browser_workdir):
     folder.mkdir()
     results = make_results(folder)
     frame = review.read_results(results)
-    # Open the app's root first: Streamlit runs a pages/ file directly (without app.py's frame) when
-    # the very first request of a fresh server is a page URL; after app.py has run once it routes normally.
-    page.goto(app_url)
-    wait_for_app(page)
     page.goto(f"{app_url}/review?results={results}&reviewer=ana")
     wait_for_app(page)
     wait_progress(page, 0, pos=0)

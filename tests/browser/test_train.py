@@ -31,8 +31,7 @@ def test_train_tiny_linear_model(page, app_url, browser_workdir, browser_models_
         for seed in range(8):
             class_image(style, seed=300 + seed, size=(160, 120)).save(data / label / f"{seed}.jpg", quality=90)
 
-    # Enter through the app's front page: opening /train first on a fresh server runs pages/train.py
-    # on its own (Streamlit's pages/ folder fallback), without app.py's navigation and model picker.
+    # Enter through the app's front page and the sidebar navigation, as a user would.
     page.goto(app_url)
     page.get_by_test_id("stSidebar").get_by_test_id("stSelectbox").wait_for(timeout=120_000)
     wait_for_app(page)
