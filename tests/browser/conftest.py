@@ -55,7 +55,8 @@ def browser_workdir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def app_url(browser_models_root, browser_workdir, tmp_path_factory):
+def app_server(browser_models_root, browser_workdir, tmp_path_factory):
+    """(url, Popen) of the Streamlit server; the load test reads the process's memory."""
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} missing: run `make chromium` (apt package chromium)")
     port = _free_port()
@@ -86,13 +87,18 @@ def app_url(browser_models_root, browser_workdir, tmp_path_factory):
     else:
         proc.kill()
         pytest.fail("streamlit did not start within 60 s")
-    yield url
+    yield url, proc
     proc.terminate()
     try:
         proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
         proc.kill()
     log.close()
+
+
+@pytest.fixture(scope="session")
+def app_url(app_server):
+    return app_server[0]
 
 
 @pytest.fixture(scope="session")
