@@ -74,6 +74,18 @@ def make_tiny_model(root: Path, name: str = "tiny", arch: str = "test_resnet", t
     return save_model(model, card, root / name)
 
 
+@pytest.fixture(autouse=True)
+def _clear_streamlit_caches():
+    """Every test starts without models or data cached by an earlier AppTest run."""
+    import streamlit as st
+
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    yield
+    st.cache_resource.clear()
+    st.cache_data.clear()
+
+
 @pytest.fixture(scope="session")
 def _tiny_models_master(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("models-master")

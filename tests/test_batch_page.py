@@ -12,13 +12,6 @@ from tests.imagegen import class_image, write
 PAGE = str(PROJECT_ROOT / "app_pages" / "batch.py")
 
 
-@pytest.fixture(autouse=True)
-def _clear_streamlit_cache():
-    st.cache_resource.clear()
-    yield
-    st.cache_resource.clear()
-
-
 @pytest.fixture()
 def allowed(tmp_path, monkeypatch):
     root = tmp_path / "allowed"

@@ -22,12 +22,6 @@ SOURCES = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _clear_caches():
-    st.cache_resource.clear()
-    yield
-
-
 @pytest.fixture()
 def workdir(tmp_path, monkeypatch):
     work = tmp_path / "work"

@@ -19,13 +19,6 @@ from wildid.imaging import load_image
 PAGE = str(PROJECT_ROOT / "app_pages" / "identify.py")
 
 
-@pytest.fixture(autouse=True)
-def _clear_streamlit_cache():
-    st.cache_resource.clear()
-    yield
-    st.cache_resource.clear()
-
-
 def page(model: str = "tiny", **state) -> AppTest:
     at = AppTest.from_file(PAGE, default_timeout=60)
     at.session_state["model_name"] = model

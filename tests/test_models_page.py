@@ -11,13 +11,6 @@ from tests.conftest import PROJECT_ROOT
 from wildid.backbones import build_model
 
 
-@pytest.fixture(autouse=True)
-def _clear_streamlit_cache():
-    st.cache_resource.clear()
-    yield
-    st.cache_resource.clear()
-
-
 def test_models_page_lists_cards(models_root):
     at = AppTest.from_file(str(PROJECT_ROOT / "app_pages" / "models.py"), default_timeout=60).run()
     assert not at.exception

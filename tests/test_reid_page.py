@@ -17,13 +17,6 @@ from wildid import reid
 PAGE = str(PROJECT_ROOT / "app_pages" / "reid.py")
 
 
-@pytest.fixture(autouse=True)
-def _clear_streamlit_cache():
-    st.cache_resource.clear()
-    yield
-    st.cache_resource.clear()
-
-
 @pytest.fixture()
 def lynx_gallery(models_root, _handcrafted_master, tmp_path, monkeypatch):  # noqa: F811
     shutil.copytree(_handcrafted_master / MODEL, models_root / MODEL)

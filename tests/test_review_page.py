@@ -16,13 +16,6 @@ from wildid import review
 from wildid.cards import ModelCard
 
 
-@pytest.fixture(autouse=True)
-def _clear_caches():
-    st.cache_resource.clear()
-    st.cache_data.clear()
-    yield
-
-
 PAGE = str(Path(__file__).resolve().parents[1] / "app_pages" / "review.py")
 
 

@@ -13,13 +13,6 @@ from tests.imagegen import CLASS_STYLES, class_image, write
 PAGE = Path(__file__).resolve().parent.parent / "app_pages" / "train.py"
 
 
-@pytest.fixture(autouse=True)
-def _clear_caches():
-    st.cache_resource.clear()
-    yield
-    st.cache_resource.clear()
-
-
 @pytest.fixture()
 def workdir(tmp_path, monkeypatch, models_root) -> Path:
     work = tmp_path / "work"

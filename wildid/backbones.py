@@ -75,27 +75,23 @@ def build_model(arch: str, num_classes: int, pretrained: bool = False) -> nn.Mod
         raise
 
 
+_IMAGENET_EVAL = {
+    "input_size": (3, 224, 224),
+    "mean": (0.485, 0.456, 0.406),
+    "std": (0.229, 0.224, 0.225),
+    "crop_pct": 0.875,
+}
+
+
 def default_data_config(arch: str) -> dict:
     """Preprocessing the architecture's pretrained weights expect (timm's config)."""
     if is_torchvision(arch):
-        return {
-            "input_size": (3, 224, 224),
-            "interpolation": "bilinear",
-            "mean": (0.485, 0.456, 0.406),
-            "std": (0.229, 0.224, 0.225),
-            "crop_pct": 0.875,
-        }
+        return {**_IMAGENET_EVAL, "interpolation": "bilinear"}
     import timm
 
     cfg = timm.get_pretrained_cfg(arch)
     if cfg is None:
-        return {
-            "input_size": (3, 224, 224),
-            "interpolation": "bicubic",
-            "mean": (0.485, 0.456, 0.406),
-            "std": (0.229, 0.224, 0.225),
-            "crop_pct": 0.875,
-        }
+        return {**_IMAGENET_EVAL, "interpolation": "bicubic"}
     cfg = cfg.to_dict()
     return {key: cfg[key] for key in ("input_size", "interpolation", "mean", "std", "crop_pct")}
 
