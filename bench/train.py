@@ -11,9 +11,9 @@ epochs / folds costs).  "to feats s" is the time from start until all features e
 backbone and weights included); the rest of "wall s" is the K+1 head fits.  The issue's goal: a
 linear-mode run under 2 minutes on this CPU.
 
-Measured 2026-11-22 on the 2 shared cores (load average 6 from other work), --n 1000, 5-fold grouped CV:
-  decode + transform only 24.2 s; efficientnet_lite0 (package) cold 110.5 s, peak 1290 MB;
-  warm cache 8.0 s; resnet18 (random weights) cold 79.8 s, peak 1151 MB.
+Measured 2026-11-22 on 2 CPU cores (quiet machine), --n 1000, 5-fold grouped CV:
+  decode + transform only 5.6 s; efficientnet_lite0 (package) cold 49.8 s, peak 1403 MB;
+  warm cache 6.0 s; resnet18 (random weights) cold 40.8 s, peak 1128 MB.
 """
 
 from __future__ import annotations
