@@ -1,6 +1,5 @@
 """Train: transfer learning from labelled images, with live curves and a stop button."""
 
-from pathlib import Path
 
 import plotly.express as px
 import streamlit as st

@@ -17,7 +17,6 @@ import pytest
 from PIL import Image
 
 from tests.imagegen import CLASS_STYLES, class_image, truncated_jpeg, write
-from tests.test_metadata import exif_jpeg
 from wildid import batch
 from wildid.batch import COLUMNS, export_json, extract_zip, iter_batch, resolve_allowed_folder, run_batch, sort_into
 from wildid.errors import DataError

@@ -158,7 +158,7 @@ def test_import_writes_a_card_so_next_load_needs_nothing(resnet18_model, tmp_pat
     monkeypatch.setenv("WILDID_MODELS", str(root))
     source = _save_state(resnet18_model, tmp_path)
     before = source.read_bytes()
-    card = import_checkpoint(source, name="otters", arch="resnet18", classes=CLASSES, task="custom")
+    import_checkpoint(source, name="otters", arch="resnet18", classes=CLASSES, task="custom")
     assert source.read_bytes() == before  # the original is only read
     assert (root / "otters" / "card.toml").is_file() and (root / "otters" / "model.safetensors").is_file()
     assert find_card("otters").classes == tuple(CLASSES)

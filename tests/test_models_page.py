@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import streamlit as st
 import torch
 from streamlit.testing.v1 import AppTest
 

@@ -26,7 +26,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterable, Mapping, Sequence, Union
+from typing import Any, BinaryIO, Callable, Mapping, Sequence, Union
 
 import numpy as np
 

@@ -35,7 +35,6 @@ import json
 import math
 import os
 import re
-import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field

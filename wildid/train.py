@@ -41,7 +41,7 @@ from torch import nn
 
 from wildid.cards import CARD_FILE, ModelCard, load_card, today
 from wildid.datasets import LabelledData, Sample, load_labelled  # noqa: F401 - re-exported
-from wildid.errors import DataError, ImageError, WildidError
+from wildid.errors import DataError, WildidError
 from wildid.imaging import crop as crop_image
 from wildid.imaging import load_image, to_channel_mode
 
