@@ -159,14 +159,22 @@ def screenshot(page, name: str) -> Path:
 
 
 def select_model(page, title: str) -> None:
-    """Pick a model in the sidebar by (the start of) its title; wait until the page shows it."""
+    """Pick a model in the sidebar by (the start of) its title; wait until the picker shows it.
+
+    Typing into the focused combobox and pressing Enter survives a re-render of the option
+    list, which a click on an option did not on a loaded machine.
+    """
     import re
 
     from playwright.sync_api import expect
 
-    picker = page.get_by_test_id("stSidebar").get_by_test_id("stSelectbox").filter(has_text="Model").first
-    picker.click()
-    page.keyboard.type(title)  # the option list is virtualised: filter it first
-    page.get_by_role("option").filter(has_text=title).first.click()
-    expect(picker.get_by_role("combobox")).to_have_value(re.compile(re.escape(title)), timeout=30_000)
+    box = page.get_by_test_id("stSidebar").get_by_role("combobox", name="Model")
+    for _ in range(5):
+        box.click()
+        box.fill(title)  # the option list is virtualised: filter it first
+        page.keyboard.press("Enter")
+        page.wait_for_timeout(300)
+        if title in box.input_value():
+            break
+    expect(box).to_have_value(re.compile(re.escape(title)), timeout=30_000)
     wait_for_app(page)

@@ -10,18 +10,20 @@ pytestmark = pytest.mark.browser
 
 
 def choose(page, label: str, option_text: str) -> None:
-    """Pick an option of a select box; retried because a click can land while the widget re-renders."""
-    box = page.get_by_label(label)
-    option = page.get_by_role("option").filter(has_text=option_text)
+    """Pick an option of a select box by typing it and pressing Enter.
+
+    Typing goes to the focused input, which survives a re-render; clicking an option in the
+    open list failed when the list re-rendered under the pointer on a loaded machine.
+    """
+    box = page.get_by_role("combobox", name=label)
     for _ in range(5):
         box.click()
-        try:
-            option.first.wait_for(timeout=5_000)
-        except Exception:  # noqa: BLE001 - menu did not open; try again
-            continue
-        option.first.click()
-        return
-    raise AssertionError(f"could not choose {option_text!r} in {label!r}")
+        box.fill(option_text)
+        page.keyboard.press("Enter")
+        page.wait_for_timeout(300)
+        if option_text in box.input_value():
+            return
+    raise AssertionError(f"could not choose {option_text!r} in {label!r} (shows {box.input_value()!r})")
 
 
 def test_train_tiny_linear_model(page, app_url, browser_workdir, browser_models_root):
