@@ -58,24 +58,37 @@ def predictor_from_args(args: argparse.Namespace):
 # --- predict -------------------------------------------------------------------------------
 def cmd_predict(args: argparse.Namespace) -> int:
     predictor = predictor_from_args(args)
+
+    def describe(row: dict) -> str:
+        flag = "  (uncertain)" if row["uncertain"] else ""
+        candidates = ", ".join(f"{c['label']} {c['score']:.3f}" for c in row["top_k"][1:])
+        return f"{row['label']} {row['confidence']:.3f}{flag}" + (f"  | {candidates}" if candidates else "")
+
+    return report_per_image(
+        args.images, lambda image: predictor.predict([image], top_k=args.top_k)[0].to_dict(), describe, args.json
+    )
+
+
+def report_per_image(images, run, describe, as_json: bool) -> int:
+    """Run ``run(image) -> dict`` per image; a user error becomes that image's error row, never a stop.
+
+    Prints JSON rows or one line per image (``describe(row)``); exit status 1 if any image failed.
+    """
     rows, failures = [], 0
-    for image in args.images:
+    for image in images:
         try:
-            [prediction] = predictor.predict([image], top_k=args.top_k)
-            rows.append({"path": image, **prediction.to_dict()})
+            rows.append({"path": image, **run(image)})
         except WildidError as exc:
             failures += 1
             rows.append({"path": image, "error": str(exc)})
-    if args.json:
+    if as_json:
         print(json.dumps(rows, indent=2))
     else:
         for row in rows:
             if "error" in row:
                 print(f"{row['path']}: error: {row['error']}")
-                continue
-            flag = "  (uncertain)" if row["uncertain"] else ""
-            candidates = ", ".join(f"{c['label']} {c['score']:.3f}" for c in row["top_k"][1:])
-            print(f"{row['path']}: {row['label']} {row['confidence']:.3f}{flag}" + (f"  | {candidates}" if candidates else ""))
+            else:
+                print(f"{row['path']}: {describe(row)}")
     return 1 if failures else 0
 
 
@@ -364,27 +377,17 @@ def cmd_identify(args: argparse.Namespace) -> int:
     embedder = reid.load_embedder(card.folder or card.name, backend=args.backend)
     if not gallery.entries:
         raise WildidError(f"gallery {gallery.name!r} is empty; add individuals with `wildid gallery add`")
-    rows, failures = [], 0
-    for image in args.images:
-        try:
-            [result] = reid.identify(embedder, gallery, [image], top_k=args.top_k, threshold=args.threshold,
-                                     aggregate=args.aggregate)
-            rows.append({"path": image, **result.to_dict()})
-        except WildidError as exc:
-            failures += 1
-            rows.append({"path": image, "error": str(exc)})
-    if args.json:
-        print(json.dumps(rows, indent=2))
-    else:
-        for row in rows:
-            if "error" in row:
-                print(f"{row['path']}: error: {row['error']}")
-                continue
-            verdict = row["label"] if row["known"] else "unknown (new individual?)"
-            others = ", ".join(f"{m['individual']} {m['similarity']:.3f}" for m in row["matches"])
-            print(f"{row['path']}: {verdict}  similarity {row['similarity']:.3f} (threshold {row['threshold']:.3f})"
-                  f"  | {others}")
-    return 1 if failures else 0
+    def describe(row: dict) -> str:
+        verdict = row["label"] if row["known"] else "unknown (new individual?)"
+        others = ", ".join(f"{m['individual']} {m['similarity']:.3f}" for m in row["matches"])
+        return f"{verdict}  similarity {row['similarity']:.3f} (threshold {row['threshold']:.3f})  | {others}"
+
+    def run(image) -> dict:
+        [result] = reid.identify(embedder, gallery, [image], top_k=args.top_k, threshold=args.threshold,
+                                 aggregate=args.aggregate)
+        return result.to_dict()
+
+    return report_per_image(args.images, run, describe, args.json)
 
 
 def cmd_train_reid(args: argparse.Namespace) -> int:
