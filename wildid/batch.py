@@ -52,7 +52,9 @@ COLUMNS = (
     "width", "height", "mean_intensity", "laplacian_var", "dark", "overexposed", "blurry",
     "datetime", "camera", "sequence_id", "model", "model_version",
 )
-STATUSES = ("accepted", "review", "error")
+# out_of_scope: the model's scope check says it was not trained on images like this one
+# (wildid.scope); such rows get no confident label and go to review with the low-confidence ones.
+STATUSES = ("accepted", "review", "out_of_scope", "error")
 SORT_MODES = ("copy", "symlink")
 # Test hook: seconds to sleep after each written batch, so a test can kill the process mid-run.
 DELAY_ENV = "WILDID_BATCH_DELAY"
@@ -423,8 +425,7 @@ def _rows_for(entries: list[tuple[Decoded, FolderPlan]], predictor, root: Path, 
     good = [d for d, _ in entries if d.tensor is not None]
     predictions = {}
     if good:
-        probs = predictor.predict_proba(torch.stack([d.tensor for d in good]))
-        for decoded, prediction in zip(good, predictor.postprocess(probs, top_k)):
+        for decoded, prediction in zip(good, predictor.predict_batch(torch.stack([d.tensor for d in good]), top_k)):
             predictions[decoded.path] = prediction
     card = predictor.card
     rows = []
@@ -447,13 +448,19 @@ def _rows_for(entries: list[tuple[Decoded, FolderPlan]], predictor, root: Path, 
                 label=prediction.label,
                 confidence=round(prediction.confidence, 6),
                 top_k=json.dumps([[label, round(p, 6)] for label, p in prediction.top_k]),
-                status="accepted" if prediction.confidence >= threshold else "review",
+                status=row_status(prediction, threshold),
                 empty_score=background.empty_score(decoded.thumb, plan.background),
                 width=size[0], height=size[1],
                 **decoded.quality,
             )
         rows.append(row)
     return rows
+
+
+def row_status(prediction, threshold: float) -> str:
+    if prediction.out_of_scope:
+        return "out_of_scope"
+    return "accepted" if prediction.confidence >= threshold else "review"
 
 
 def _cell(value: Any) -> Any:
@@ -564,7 +571,8 @@ def sort_into(csv_path: Path | str, dest: Path | str, mode: str = "copy",
               empty_threshold: float | None = None) -> Counter:
     """Copy (never move) or symlink each classified file into ``dest/<label>/<relpath>``.
 
-    Review-status frames go to ``dest/_review/<label>/``, likely-empty frames (when
+    Review-status frames go to ``dest/_review/<label>/``, out-of-scope frames to
+    ``dest/_out_of_scope/``, likely-empty frames (when
     ``empty_threshold`` is given) to ``dest/_empty/``; error rows are skipped.  The relative
     path is kept so equal names from different camera folders do not collide.  Existing
     targets are left alone, so sorting again after a resume only adds the new files.
@@ -579,6 +587,8 @@ def sort_into(csv_path: Path | str, dest: Path | str, mode: str = "copy",
             continue
         if likely_empty(row, empty_threshold):
             bucket = "_empty"
+        elif row["status"] == "out_of_scope":
+            bucket = "_out_of_scope"
         elif row["status"] == "review":
             bucket = f"_review/{safe_name(row['label'])}"
         else:

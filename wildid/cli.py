@@ -60,7 +60,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     predictor = predictor_from_args(args)
 
     def describe(row: dict) -> str:
-        flag = "  (uncertain)" if row["uncertain"] else ""
+        flag = {"out_of_scope": "  (out of scope: not something this model was trained on)",
+                "uncertain": "  (uncertain)"}.get(row["state"], "")
         candidates = ", ".join(f"{c['label']} {c['score']:.3f}" for c in row["top_k"][1:])
         return f"{row['label']} {row['confidence']:.3f}{flag}" + (f"  | {candidates}" if candidates else "")
 

@@ -323,7 +323,7 @@ def build_queue(results: pd.DataFrame, spec: QueueSpec) -> pd.DataFrame:
     rows = reviewable(results)
     if spec.kind == QUEUE_BELOW_THRESHOLD:
         if spec.threshold is None:
-            picked = rows[rows["status"] == "review"]
+            picked = rows[rows["status"].isin(["review", "out_of_scope"])]
         else:
             picked = rows[rows["confidence"] < spec.threshold]
         return picked.sort_values("confidence", kind="stable")
