@@ -17,13 +17,18 @@ st.title("Train a model")
 st.caption("Transfer learning from labelled images: an image folder with one sub-folder per class, or a CSV "
            "with path,label (optional group column and crop as x,y,w,h). The new model appears in the sidebar.")
 
+# Arriving from a model slot without weights (Identify's "Train" link): that slot is the output.
+slot = st.query_params.get("slot", "")
+if slot:
+    st.info(f"Training weights for the model slot “{slot}”: point to labelled photos of its classes.")
+
 job: tr.TrainingJob | None = st.session_state.get(JOB_KEY)
 busy = job is not None and job.running
 
 with st.form("train_form"):
     data_text = st.text_input("Labelled data (folder or CSV on the server)", placeholder="/data/tracks or /data/labels.csv")
     left, right = st.columns(2)
-    name = left.text_input("New model name", value="my-model")
+    name = left.text_input("New model name", value=slot or "my-model")
     arch = right.selectbox("Architecture", ARCHS)
     mode = left.radio("Mode", tr.MODES, horizontal=True,
                       help="linear: frozen backbone, features computed once (fast). finetune: last blocks trained. "
