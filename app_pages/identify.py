@@ -70,7 +70,7 @@ def draw_crop_box(display, digest: str):
     fig = go.Figure(go.Image(z=np.asarray(display), hoverinfo="skip"))
     fig.add_trace(go.Scatter(x=xs.ravel(), y=ys.ravel(), mode="markers", hoverinfo="skip", showlegend=False,
                              marker=dict(size=3, color="rgba(255,255,255,0.01)")))
-    fig.update_layout(dragmode="select", height=min(520, max(240, int(520 * height / max(width, 1)))),
+    fig.update_layout(dragmode="select", height=min(520, max(160, int(440 * height / max(width, 1)))),
                       margin=dict(l=0, r=0, t=0, b=0), xaxis=dict(visible=False, range=[0, width]),
                       yaxis=dict(visible=False, range=[height, 0], scaleanchor="x"))
     st.caption("Drag a box over the animal (or its track); the prediction then uses only the box. "

@@ -3,6 +3,7 @@
 import re
 
 import pytest
+from playwright.sync_api import expect
 
 from tests.browser.conftest import screenshot, wait_for_app
 from tests.reidgen import coat_view, make_handcrafted_model, write_individuals
@@ -47,3 +48,30 @@ def test_reid_upload_shows_top_matches(page, app_url, lynx_gallery, tmp_path):
         timeout=60_000,
     )
     screenshot(page, "reid")
+
+
+def test_two_galleries_in_a_row(page, app_url, browser_workdir):
+    """Creating a gallery, then another, selects each in turn (was StreamlitWidgetAlreadyInstantiatedError)."""
+    page.goto(app_url + "/reid")
+    wait_for_app(page)
+    page.get_by_text("Re-identify an individual").first.wait_for()
+    for name in ("wolves-north", "wolves-south"):
+        if page.get_by_text("No galleries yet").count() == 0:
+            page.get_by_text("New gallery", exact=True).first.click()
+        field = page.get_by_label("Gallery name")
+        field.wait_for()
+        field.fill(name)
+        model_box = page.get_by_role("combobox", name="Embedding model")
+        model_box.click()
+        model_box.fill("Generic")
+        page.keyboard.press("Enter")
+        expect(model_box).to_have_value(re.compile("^Generic re-ID embedding"))
+        page.get_by_role("button", name="Create gallery").click()
+        wait_for_app(page)
+        gallery_box = page.get_by_role("combobox", name="Gallery")
+        expect(gallery_box).to_have_value(name, timeout=60_000)
+        assert page.get_by_test_id("stException").count() == 0
+    assert (browser_workdir / "galleries" / "wolves-north" / "gallery.json").is_file()
+    assert (browser_workdir / "galleries" / "wolves-south" / "gallery.json").is_file()
+    # Works out of the box with the packaged backbone, labelled as a starting point, not a trained model.
+    page.get_by_text("This gallery uses the generic starting point").first.wait_for()
