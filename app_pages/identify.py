@@ -140,8 +140,11 @@ def _clause(text: str) -> str:
     return text.strip().rstrip(".")
 
 
-def suggest_models(image, current: str) -> None:
-    """Other installed models that say they know this kind of image, with a button to switch."""
+def suggest_models(image, current: str, also: bool = False) -> None:
+    """Other installed models that say they know this kind of image, with a button to switch.
+
+    ``also``: the current model answered too; mention another model only when one fits, quietly.
+    """
     # Only models with a scope check can say "I know this kind of image".
     candidates = [c for c in ui.available_cards()
                   if c.name != current and c.has_weights and c.kind == "classifier" and c.scope_kind]
@@ -152,11 +155,16 @@ def suggest_models(image, current: str) -> None:
         st.caption(f"Could not ask the other models: {exc}")
         return
     if not fits:
-        st.caption("No other installed model recognises this kind of image either.")
+        if not also:
+            st.caption("No other installed model recognises this kind of image either.")
         return
     best = fits[0]
-    st.info(f"“{best.card.display_title}” was trained on images like this one "
-            f"(it would say {best.label}, {best.confidence:.0%}).")
+    if also:
+        st.caption(f"“{best.card.display_title}” was also trained on images like this one "
+                   f"(it would say {best.label}, {best.confidence:.0%}).")
+    else:
+        st.info(f"“{best.card.display_title}” was trained on images like this one "
+                f"(it would say {best.label}, {best.confidence:.0%}).")
     st.button(f"Use {best.card.display_title}", key="identify_switch_model", on_click=ui.switch_model,
               args=(best.card.name,), type="primary")
 
@@ -309,6 +317,8 @@ with result_column:
             top_k_chart(prediction, key="identify_chart")
     else:
         top_k_chart(prediction, key="identify_chart")
+        if card.task == "animals":  # the general model: a specialised model may know this photo better
+            suggest_models(working, card.name, also=True)
 show_facts(prediction)
 workshop(predictor, shown)
 if compared:
