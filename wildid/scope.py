@@ -187,11 +187,11 @@ def logits_and_features(predictor, images: Sequence) -> tuple[np.ndarray, np.nda
 
 def calibrate_model(predictor, kind: str, calib_in: Sequence, calib_out: Sequence = (),
                     fit_images: Sequence = (), fit_labels: Sequence[int] | None = None,
-                    measured_by: str = "") -> Any:
+                    measured_by: str = "", fit_features: np.ndarray | None = None) -> Any:
     """Give ``predictor``'s model a scope check and write it into its card (and statistics file).
 
     ``fit_images`` (+ ``fit_labels`` for mahalanobis): training images for the feature
-    statistics; ``calib_in`` / ``calib_out``: held-out in-scope / out-of-scope images for the
+    statistics (or their pooled ``fit_features``, already computed); ``calib_in`` / ``calib_out``: held-out in-scope / out-of-scope images for the
     threshold.  Returns the updated card.
     """
     card = predictor.card
@@ -199,8 +199,9 @@ def calibrate_model(predictor, kind: str, calib_in: Sequence, calib_out: Sequenc
         raise WildidError(f"model {card.name!r} has no folder to write its scope into")
     stats = None
     if kind in FEATURE_SCORES:
-        _, fit_features = logits_and_features(predictor, list(fit_images))
-        if fit_features is None or not len(fit_images):
+        if fit_features is None and len(fit_images):
+            _, fit_features = logits_and_features(predictor, list(fit_images))
+        if fit_features is None or not len(fit_features):
             raise WildidError(f"the {kind} scope score needs training images and a torch model with pooled features")
         stats = FeatureStats.fit(kind, fit_features, fit_labels)
     values = {}
