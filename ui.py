@@ -33,7 +33,8 @@ def current_model_name() -> str:
 def model_picker(container=None) -> ModelCard | None:
     """The sidebar select box; the choice is remembered across pages in session state."""
     container = container or st.sidebar
-    cards = available_cards()
+    # Re-ID embeddings (e.g. the always-installed generic one) are picked per gallery on the Re-ID page.
+    cards = [card for card in available_cards() if card.kind == "classifier"]
     if not cards:
         container.error("No models installed: add a folder with card.toml under models/.")
         return None
