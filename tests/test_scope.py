@@ -149,3 +149,31 @@ def test_card_rejects_an_unknown_scope_score(models_root):
     card = load_card(models_root / "tiny")
     with pytest.raises(CardError, match="scope score"):
         card.replace(scope={"score": "vibes", "threshold": 1.0})
+
+
+def test_calibrate_scope_command_then_predict_reports_the_state(models_root, tmp_path, capsys):
+    from wildid.cli import main
+
+    data = tmp_path / "labelled"
+    for label, style in CLASS_STYLES.items():
+        for seed in range(10):
+            path = data / label / f"{seed}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            class_image(style, 700 + seed).save(path)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for seed in range(3):
+        nir_frame(seed, size=(160, 120)).save(outside / f"nir{seed}.png")
+    assert main(["calibrate-scope", "tiny", str(data), "--out-of-scope", str(outside)]) == 0
+    assert "tiny: scope score knn, threshold" in capsys.readouterr().out
+    card = load_card(models_root / "tiny")
+    assert card.scope["calibration"] == "6 in-scope, 3 out-of-scope held-out images"
+    cat = tmp_path / "cat.jpg"
+    real_photos()[0].save(cat, quality=90)
+    bright = tmp_path / "bright.png"
+    class_image("bright", 900).save(bright)
+    assert main(["predict", str(cat), str(bright), "--model", "tiny", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["state"] for r in rows] == ["out_of_scope", "confident"]
+    assert main(["predict", str(cat), "--model", "tiny"]) == 0
+    assert "(out of scope: not something this model was trained on)" in capsys.readouterr().out

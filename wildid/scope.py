@@ -227,6 +227,32 @@ def calibrate_model(predictor, kind: str, calib_in: Sequence, calib_out: Sequenc
     return updated
 
 
+def calibrate_from_data(predictor, data, kind: str = "knn", out_of_scope: Sequence = (),
+                        held_out: float = 0.2, seed: int = 0) -> Any:
+    """Scope check from a labelled data set (ImageFolder or CSV, as for training).
+
+    A stratified ``held_out`` share of the images is kept back for the threshold; the rest fit
+    the feature statistics.  ``out_of_scope``: optional images the model should reject.
+    """
+    from sklearn.model_selection import train_test_split
+
+    from wildid.datasets import load_labelled
+
+    labelled = load_labelled(data)
+    samples = [s for s in labelled.samples if s.label in predictor.card.classes]
+    if len(samples) < 10:
+        raise WildidError(f"{data}: {len(samples)} images of the model's classes; calibrating a scope needs 10 or more")
+    labels = [predictor.card.classes.index(s.label) for s in samples]
+    counts = np.bincount(labels)
+    stratify = labels if counts[counts > 0].min() >= 2 else None
+    fit, calib = train_test_split(list(range(len(samples))), test_size=held_out, random_state=seed, stratify=stratify)
+    return calibrate_model(
+        predictor, kind, [samples[i].path for i in calib], list(out_of_scope), [samples[i].path for i in fit],
+        [labels[i] for i in fit],
+        measured_by=f"wildid calibrate-scope: {len(fit)} images of {data} fitted, {len(calib)} held out",
+    )
+
+
 def better_fits(image, predictors) -> list:
     """Predictions of other models that call ``image`` in scope, most confident first.
 
