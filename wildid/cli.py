@@ -146,6 +146,21 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- export camtrap-dp ------------------------------------------------------------------------
+def cmd_export(args: argparse.Namespace) -> int:
+    from wildid.camtrap import export_camtrap_dp
+
+    summary = export_camtrap_dp(args.results, args.out, utc_offset=args.utc_offset, title=args.title,
+                                contributor=args.contributor, empty_threshold=args.empty_threshold,
+                                overwrite=args.overwrite)
+    print(summary.describe())
+    for item in summary.to_fill:
+        print(f"to fill in: {item}")
+    for note in summary.notes:
+        print(f"note: {note}")
+    return 0
+
+
 # --- evaluate --------------------------------------------------------------------------------
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
@@ -527,6 +542,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="also copy the .onnx file here")
     p.add_argument("--trust-checkpoint", action="store_true")
     p.set_defaults(func=cmd_export_onnx)
+
+    p = sub.add_parser("export", help="export results in a standard format (camtrap-dp)")
+    export_sub = p.add_subparsers(dest="export_format", required=True)
+    e = export_sub.add_parser("camtrap-dp", help="a results CSV (+ its review journal) as a Camtrap DP 1.0 package")
+    e.add_argument("results", help="results CSV from `wildid batch` (reviewed labels: <stem>.reviewed.csv beside it)")
+    e.add_argument("out", help="new folder for datapackage.json, deployments.csv, media.csv, observations.csv")
+    e.add_argument("--utc-offset", help="offset of the cameras' clocks for EXIF times without one, e.g. +01:00 "
+                   "(default +00:00)")
+    e.add_argument("--title", help="package and project title (default: from the folder name)")
+    e.add_argument("--contributor", help="name of the person or organisation behind the data")
+    e.add_argument("--empty-threshold", type=float, default=None,
+                   help="frames with empty_score at or above this become blank observations")
+    e.add_argument("--overwrite", action="store_true", help="write into a non-empty folder")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("evaluate", help="confusion matrix, per-class metrics, confidence bins, calibration")
     p.add_argument("data", nargs="+", help="labelled folder (one sub-folder per class) or CSV path,label; "

@@ -178,6 +178,7 @@ class RegionPlan:
     source: str = ""
     confs: tuple[float, ...] = ()  # detector confidence of each box
     detections: tuple[Detection, ...] = ()  # everything the detector gave for the frame
+    others: tuple[Detection, ...] = ()  # people and vehicles at or above the threshold
     empty_reason: str = ""
     error: str = ""
 
@@ -202,9 +203,10 @@ class DetectorRegions:
             return RegionPlan((), SOURCE_DETECTOR, error=f"{Path(path).name}: MegaDetector could not read it ({frame.failure})")
         animals = sorted((d for d in frame.detections if d.category == ANIMAL and d.conf >= self.threshold),
                          key=lambda d: -d.conf)
+        others = tuple(d for d in frame.detections if d.category != ANIMAL and d.conf >= self.threshold)
         reason = "" if animals else self._why_empty(frame.detections)
         return RegionPlan(tuple(d.bbox for d in animals), SOURCE_DETECTOR, tuple(d.conf for d in animals),
-                          frame.detections, reason)
+                          frame.detections, others, reason)
 
     def _why_empty(self, detections: Sequence[Detection]) -> str:
         if not detections:
@@ -260,6 +262,8 @@ def region_fields(plan: RegionPlan | None, predictions: Sequence[Any]) -> dict[s
         if prediction is not None:
             entry.update(label=prediction.label, confidence=round(prediction.confidence, 6),
                          top_k=[[label, round(p, 6)] for label, p in prediction.top_k])
+        elif detection in plan.others:
+            entry["kept"] = True  # a person or vehicle at the threshold: an observation of its own
         listed.append(entry)
     fields.update(box_source=SOURCE_DETECTOR, detection_count=len(plan.boxes),
                   detections=json.dumps(listed, separators=(",", ":")))
