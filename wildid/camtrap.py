@@ -262,6 +262,8 @@ def export_camtrap_dp(results_csv: Path | str, out: Path | str, *, utc_offset: s
     if spatial_points:
         package["spatial"] = ({"type": "Point", "coordinates": spatial_points[0]} if len(spatial_points) == 1
                               else {"type": "MultiPoint", "coordinates": spatial_points})
+    if not stamps:
+        to_fill.append("datapackage.json temporal (start and end dates of the deployments)")
     if not contributor:
         to_fill.append("datapackage.json contributors: the people or organisation behind the data")
     notes.append("datapackage.json project: samplingDesign 'opportunistic', captureMethod 'activityDetection' "
