@@ -18,8 +18,13 @@ animal fills 1-3% of the frame.  One run prints:
    the upper bound, and the background crop at other paddings (the default CROP_PAD is the
    one chosen here).
 
-Measured 2026-12-03 on 2 CPU cores shared with other jobs, default arguments:
-  (figures in the README section "Crops without a detector")
+Measured 2026-12-03 on 2 CPU cores shared with other jobs, default arguments (300 frames):
+  background crop finds the animal: mean IoU 0.663, median 0.800, IoU >= 0.5 in 80.7%; padded
+  crop holds >= 90% of the animal in 97.7%; nothing found 18.3% (those frames stay whole)
+  grouped 5-fold accuracy: full frame 0.623 +- 0.087; background crop (pad 0.25) 0.950 +- 0.018;
+  pad 0.1 0.953 +- 0.029; pad 0.5 0.933 +- 0.015; true box (pad 0.25) 0.997 +- 0.007.
+  Pads 0.1 and 0.25 tie within the fold spread; 0.25 is kept because its crop holds the whole
+  animal more often.
 """
 
 from __future__ import annotations
