@@ -267,10 +267,10 @@ def decode(path: Path, predictor, regions=None, folder_background: np.ndarray | 
         plan = regions.plan(path, thumb, folder_background)
         if plan.error:
             return Decoded(path, error=_one_line(plan.error), region=plan)
-        tensor = None if plan.boxes is not None else predictor.preprocess(img)
-        crops = [predictor.preprocess(crop_box(img, box)) for box in plan.boxes or ()]
-        return Decoded(path, tensor, quality_metrics(img), thumb, img.size, crops=crops if plan.boxes is not None else None,
-                       region=plan)
+        if plan.boxes is None:  # nothing to cut out: the whole frame
+            return Decoded(path, predictor.preprocess(img), quality_metrics(img), thumb, img.size, region=plan)
+        crops = [predictor.preprocess(crop_box(img, box)) for box in plan.boxes]
+        return Decoded(path, None, quality_metrics(img), thumb, img.size, crops=crops, region=plan)
     except Exception as exc:  # noqa: BLE001 - one bad file is one error row, never a crash
         if path.is_symlink() and not path.exists():
             return Decoded(path, error=_one_line(f"{path.name}: broken symbolic link (its target is missing or loops)"))
