@@ -241,3 +241,31 @@ def test_evaluate_and_train_data_take_the_boxes(models_root, tmp_path):
     accuracy = {r["name"]: r["summary"]["accuracy"] for r in bundle["models"]}
     assert accuracy["tiny cropped"] == 1.0
     assert accuracy["tiny full-frame"] < 0.7
+
+
+def test_cli_train_and_evaluate_take_detections(models_root, tmp_path, capsys):
+    """`wildid train/evaluate --detections`: images without an animal box are left out; the
+    training command in the card records the detections."""
+    from wildid.cards import load_card
+
+    root = tmp_path / "labelled"
+    images, lines = [], ["path,label"]
+    for i in range(6):
+        label, style = list(CLASS_STYLES.items())[i % 3]
+        box = (20 + 10 * i, 30, 80, 60)
+        write(root / f"{i}.png", frame_with([(style, box)], 30 + i))
+        lines.append(f"{i}.png,{label}")
+        detections = [{"category": "1", "conf": 0.9, "bbox": norm(box)}] if i != 5 else []
+        images.append({"file": f"{i}.png", "detections": detections})
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+    md_json = tmp_path / "md.json"
+    md_json.write_text(json.dumps({"info": {"format_version": "1.1"}, "images": images}))
+    out = tmp_path / "models" / "boxed"
+    assert main(["train", str(root / "labels.csv"), "--out", str(out), "--arch", "test_resnet", "--weights", "none",
+                 "--folds", "0", "--epochs", "1", "--detections", str(md_json), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "5 images, 3 classes, 1 skipped" in printed  # 5.png has no animal box
+    card = load_card(out)
+    assert "--detections" in card.provenance["command"]
+    assert main(["evaluate", str(root / "labels.csv"), "-m", "tiny", "--detections", str(md_json)]) == 0
+    assert "tiny: 5 images, accuracy 1.000" in capsys.readouterr().out
