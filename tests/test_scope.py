@@ -141,6 +141,12 @@ def test_batch_marks_out_of_scope_rows(scoped_model, tmp_path):
 
     images = json.loads(export_json(out, tmp_path / "r.json").read_text())["images"]
     assert {i["file"]: i["status"] for i in images}["c_cat.jpg"] == "out_of_scope"
+    from wildid.camtrap import export_camtrap_dp
+
+    export_camtrap_dp(out, tmp_path / "camtrap", utc_offset="+00:00")
+    observations = list(csv.DictReader((tmp_path / "camtrap" / "observations.csv").open()))
+    comments = [o["observationComments"] for o in observations if o["observationType"] == "unclassified"]
+    assert len(comments) == 1 and comments[0].startswith("out of scope for the model; its guess:")
 
 
 def test_card_rejects_an_unknown_scope_score(models_root):
