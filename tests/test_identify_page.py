@@ -242,3 +242,24 @@ def test_compare_says_why_it_has_nothing_to_offer(models_root, monkeypatch):
     assert not at.multiselect
     assert any("Compare needs a second model with weights: only this one has weights "
                "(slots still without weights: empty-slot)." in c.value for c in at.caption)
+
+
+def test_out_of_scope_photo_gets_no_answer_and_a_better_model_is_offered(models_root):
+    """A real cat photo on a (scoped) track model: the out-of-scope state first, no species answer,
+    and the general model, which knows such photos, one click away."""
+    import skimage
+
+    from tests.test_scope import make_scoped_model
+
+    make_scoped_model(models_root)
+    at = upload(page("tiny-scoped"), "cat.jpg", jpeg_bytes(Image.fromarray(skimage.data.chelsea()), quality=92))
+    assert not at.exception and not at.error
+    [warning] = texts(at.warning)
+    assert warning.startswith("Not something this model was trained on: “Tiny scoped test model”")
+    assert not at.success and "About this animal" not in texts(at.subheader)
+    [offer] = [i for i in texts(at.info) if "was trained on images like this one" in i]
+    assert offer.startswith("“General animals (ImageNet, EfficientNet-Lite0)”")
+    at.button(key="identify_switch_model").click().run()
+    assert not at.exception
+    assert at.session_state["model_name"] == "general-animals"
+    assert texts(at.success)[0].split(" (")[0] in {"tabby", "tiger cat", "Egyptian cat", "Persian cat"}
