@@ -81,24 +81,24 @@ def top_k_chart(prediction, key: str) -> None:
 
 def show_verdict(prediction) -> None:
     if prediction.uncertain:
-        candidates = ", ".join(f"{label} ({p:.0%})" for label, p in prediction.top_k[:3])
+        candidates = ui.md(", ".join(f"{label} ({p:.0%})" for label, p in prediction.top_k[:3]))
         st.warning(
             f"Uncertain: no class reaches this model's {prediction.card.threshold:.0%} threshold. "
             f"Top candidates: {candidates}"
         )
         st.caption("Try a tighter crop, the NIR enhancement, or another model.")
     else:
-        st.success(f"{prediction.label} ({prediction.confidence:.0%})")
+        st.success(ui.md(f"{prediction.label} ({prediction.confidence:.0%})"))
 
 
 def facts_card(label: str, card) -> None:
     try:
         info = find_species(card.species.get(label, label))
     except WildidError as exc:
-        st.caption(f"Species facts unavailable: {exc}")
+        st.caption(ui.md(f"Species facts unavailable: {exc}"))
         return
     if info is None:
-        st.caption(f"No species facts for “{label}”.")
+        st.caption(ui.md(f"No species facts for “{label}”."))
         return
     with st.container(border=True):
         st.markdown(f"#### {info.common_name} · *{info.scientific_name}*")
@@ -130,7 +130,7 @@ def show_facts(prediction) -> None:
     if others:
         st.caption("Facts for the top candidates (open to compare):")
     for label, p in others:
-        with st.expander(f"{label} ({p:.0%})"):
+        with st.expander(ui.md(f"{label} ({p:.0%})")):
             facts_card(label, prediction.card)
 
 
@@ -138,13 +138,13 @@ def show_grad_cam(predictor, display, prediction) -> None:
     try:
         result = explain.grad_cam(predictor, display, target=prediction.label)
     except WildidError as exc:
-        st.error(str(exc))
+        ui.show_error(exc)
         return
     if result.heatmap.max() <= 0:
         st.info("Grad-CAM found no positive evidence for this class in the image.")
         return
     st.image(explain.overlay(display, result.heatmap), width="stretch",
-             caption=f"Grad-CAM for “{result.label}” (layer {result.layer}): red = strongest evidence")
+             caption=f"Grad-CAM for “{ui.md(result.label)}” (layer {ui.md(result.layer)}): red = strongest evidence")
 
 
 def workshop(predictor, display) -> None:
@@ -165,7 +165,7 @@ def workshop(predictor, display) -> None:
                                      key="identify_layer")
             maps, text = explain.activation_maps(model, explain.preprocess_for(predictor, display), layer)
         except WildidError as exc:
-            st.error(str(exc))
+            ui.show_error(exc)
             return
         st.image(maps, caption=f"Activation maps. {text}")
         st.caption("Deep layers respond to larger, species-specific parts; their maps are coarse.")
@@ -177,14 +177,14 @@ def compare(models: list[str], image) -> None:
     for column, name in zip(columns, models):
         with column:
             card = by_name[name]
-            st.markdown(f"**{card.display_title}**")
+            st.markdown(f"**{ui.md(card.display_title)}**")
             predictor = ui.get_predictor(card)
             if predictor is None:
                 continue
             try:
                 [prediction] = predictor.predict([image], top_k=5)
             except WildidError as exc:
-                st.error(str(exc))
+                ui.show_error(exc)
                 continue
             show_verdict(prediction)
             top_k_chart(prediction, key=f"identify_compare_chart_{name}")
@@ -216,7 +216,7 @@ with st.expander("Options: crop box · NIR enhancement · compare models"):
 try:
     image = decode(name, data, full_resolution=use_crop, draft_size=predictor.draft_size)
 except WildidError as exc:
-    st.error(str(exc))
+    ui.show_error(exc)
     st.stop()
 box = crop_box(image, digest) if use_crop else None
 
@@ -226,11 +226,13 @@ try:
         working = enhance_nir(working)
     [prediction] = predictor.predict([working], top_k=5)
 except WildidError as exc:
-    st.error(str(exc))
+    ui.show_error(exc)
     st.stop()
 
-display = working.copy()
-display.thumbnail((DISPLAY_SIDE, DISPLAY_SIDE))
+# Straight to display size: a full-size copy first would double the memory a big upload costs.
+scale = DISPLAY_SIDE / max(working.size)
+display = working.copy() if scale >= 1 else working.resize(
+    (max(1, round(working.width * scale)), max(1, round(working.height * scale))), reducing_gap=3.0)
 photo_column, result_column = st.columns(2)
 with photo_column:
     show_cam = st.toggle("Show what the model looked at (Grad-CAM)", key="identify_cam")
@@ -238,7 +240,7 @@ with photo_column:
         show_grad_cam(predictor, display, prediction)
     else:
         details = [name, f"{image.width}x{image.height}"] + (["crop"] if box else []) + (["CLAHE"] if use_nir else [])
-        st.image(display, width="stretch", caption=" · ".join(details))
+        st.image(display, width="stretch", caption=ui.md(" · ".join(details)))  # the file name is the uploader's
 with result_column:
     show_verdict(prediction)
     top_k_chart(prediction, key="identify_chart")
