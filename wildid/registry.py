@@ -75,8 +75,9 @@ def model_roots() -> list[Path]:
 
 
 def default_output_root() -> Path:
-    """Where new models (import, train) go by default: the first model root."""
-    return model_roots()[0]
+    """Where new models (import, train) go by default, from the CLI too: the first WILDID_MODELS
+    folder, else the user's models folder (never the bundled one)."""
+    return app_models_root()
 
 
 @dataclass(frozen=True)
