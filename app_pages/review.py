@@ -160,10 +160,11 @@ labels = replay.labels
 # --- queue ------------------------------------------------------------------------------------
 who, which, how = st.columns([2, 2, 3])
 signed_in = ui.current_user()
-if signed_in:
+if signed_in:  # behind the access gate: the signed-in name, not editable
     st.session_state["rv_reviewer"] = signed_in
-reviewer = who.text_input("Reviewer", value=signed_in or param("reviewer"), key="rv_reviewer", placeholder="your name",
-                          disabled=bool(signed_in), help="the name given at sign-in" if signed_in else None)
+    reviewer = who.text_input("Reviewer", key="rv_reviewer", disabled=True, help="the name given at sign-in")
+else:
+    reviewer = who.text_input("Reviewer", value=param("reviewer"), key="rv_reviewer", placeholder="your name")
 queue_index = review.QUEUES.index(param("queue")) if param("queue") in review.QUEUES else 0
 kind = which.selectbox("Queue", review.QUEUES, index=queue_index, key="rv_queue", help="\n\n".join(f"**{k}**: {v}" for k, v in QUEUE_HELP.items()))
 spec = review.QueueSpec(kind)
