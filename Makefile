@@ -4,6 +4,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PORT ?= 8501
+# Listen address: loopback unless you say otherwise.  `make run ADDRESS=0.0.0.0` serves a room and
+# needs WILDID_ACCESS_SECRET (the launcher refuses without it).  Env WILDID_ADDRESS works too.
+ADDRESS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test install chromium bench clean
@@ -22,7 +25,7 @@ chromium:
 	@test -x /usr/bin/chromium || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium >/dev/null)
 
 run: install
-	$(VENV)/bin/streamlit run app.py --server.port $(PORT)
+	$(PY) -m wildid.serve --port $(PORT) $(if $(ADDRESS),--address $(ADDRESS))
 
 test: install chromium
 	$(PY) -m pytest

@@ -1,8 +1,6 @@
 """Batch: a folder of camera-trap frames -> results table, progress, exports."""
 
 import hashlib
-import shutil
-import tempfile
 from collections import deque
 from pathlib import Path
 
@@ -10,7 +8,7 @@ import plotly.express as px
 import streamlit as st
 
 import ui
-from wildid import batch, detections
+from wildid import batch, detections, guard
 from wildid.background import DEFAULT_EMPTY_THRESHOLD, BackgroundRegions
 from wildid.detections import DEFAULT_DETECTION_THRESHOLD
 from wildid.errors import WildidError
@@ -29,19 +27,6 @@ def duration(seconds: float | None) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
-def workdir() -> Path:
-    """A private folder per session for uploads, unpacked zips and results."""
-    path = Path(st.session_state.setdefault("batch_workdir", tempfile.mkdtemp(prefix="wildid-batch-")))
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def fresh(path: Path) -> Path:
-    shutil.rmtree(path, ignore_errors=True)
-    path.mkdir(parents=True)
-    return path
-
-
 st.title("Batch: classify a folder of frames")
 card = ui.current_card()
 if card is not None:
@@ -51,10 +36,10 @@ backend = st.radio("Back end", ["onnx", "torch"], horizontal=True,
 predictor = ui.get_predictor(card, backend)
 
 source = st.radio("Images from", ["Folder on the server", "Upload images", "Upload a zip"], horizontal=True)
-root = batch.allowed_root()
+root = guard.allowed_root()
 folder_text, uploads, archive = "", [], None
 if source == "Folder on the server":
-    folder_text = st.text_input("Folder", placeholder=str(root / "camera1"), help=f"must lie inside {root}")
+    folder_text = st.text_input("Folder", placeholder=str(root / "camera1"), help=ui.md(f"must lie inside {root}"))
 elif source == "Upload images":
     uploads = st.file_uploader("Images", accept_multiple_files=True, max_upload_size=MAX_UPLOAD_IMAGE_MB,
                                type=["jpg", "jpeg", "png", "tif", "tiff", "bmp", "webp"])
@@ -80,19 +65,24 @@ with st.expander("Options"):
 
 if st.button("Classify", type="primary", disabled=predictor is None):
     try:
-        work = workdir()
+        space = ui.session_space()  # private to this session, removed when it ends
+        confine = None
         if source == "Folder on the server":
-            folder = batch.resolve_allowed_folder(folder_text)
+            folder = guard.check_path(folder_text, root, kind="folder", what="folder")
             key = hashlib.sha1(str(folder).encode()).hexdigest()[:10]
+            confine = root  # file links that lead out of the allowed folder become error rows
         elif source == "Upload images":
             if not uploads:
                 raise WildidError("choose one or more images to upload")
-            folder, key = batch.save_uploads(uploads, fresh(work / "uploads")), "uploads"
+            space.reserve(sum(u.size for u in uploads), replacing=space.folder / "uploads")
+            folder, key = batch.save_uploads(uploads, space.sub("uploads", fresh=True)), "uploads"
             resume = False
         else:
             if archive is None:
                 raise WildidError("choose a zip file to upload")
-            folder, key = batch.extract_zip(archive, fresh(work / "zip")), "zip"
+            declared = batch.zip_unpacked_size(archive)
+            space.reserve(declared, replacing=space.folder / "zip")
+            folder, key = batch.extract_zip(archive, space.sub("zip", fresh=True)), "zip"
             resume = False
         regions = None
         if crop_mode == "Background crop (fixed cameras)":
@@ -100,17 +90,18 @@ if st.button("Classify", type="primary", disabled=predictor is None):
         elif crop_mode == "MegaDetector boxes":
             if detections_upload is None:
                 raise WildidError("choose the MegaDetector output file (JSON) for these images")
-            md_path = work / "megadetector.json"
+            space.reserve(detections_upload.size, replacing=space.folder / "megadetector.json")
+            md_path = space.folder / "megadetector.json"
             md_path.write_bytes(detections_upload.getvalue())
             regions = detections.DetectorRegions(detections.read_detections(md_path, folder), detection_threshold)
-        out = work / f"results-{key}.csv"
+        out = space.folder / f"results-{key}.csv"
         resume = resume and out.exists()
         progress = st.progress(0.0, text="Reading the folder…")
         live = st.empty()
         recent: deque = deque(maxlen=LIVE_ROWS)
         for step in batch.iter_batch(folder, predictor, out, recursive=recursive, resume=resume, overwrite=not resume,
                                      threshold=threshold, batch_size=int(batch_size), sequence_gap=sequence_gap,
-                                     regions=regions):
+                                     regions=regions, confine=confine):
             progress.progress(step.done / step.total,
                               text=f"{step.done}/{step.total} files · {step.rate:.1f} images/s · ETA {duration(step.eta)}")
             if step.rows:
@@ -120,7 +111,7 @@ if st.button("Classify", type="primary", disabled=predictor is None):
         st.session_state["batch_results"] = str(out)
         st.session_state["batch_classes"] = list(predictor.card.classes)
     except WildidError as exc:
-        st.error(str(exc))
+        ui.show_error(exc)
 
 results = st.session_state.get("batch_results")
 if results and Path(results).exists():

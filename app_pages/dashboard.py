@@ -9,6 +9,7 @@ import streamlit as st
 
 import ui
 from wildid import evaluate as ev
+from wildid import guard
 from wildid.errors import WildidError
 from wildid.imaging import load_image
 
@@ -35,16 +36,18 @@ def progress_callback(bar):
         start = started.setdefault(name, time.monotonic())
         elapsed = time.monotonic() - start
         eta = elapsed / done * (total - done) if done else 0
-        bar.progress(done / total if total else 1.0, text=f"{name}: {done}/{total} images · ETA {eta:.0f} s")
+        bar.progress(done / total if total else 1.0, text=ui.md(f"{name}: {done}/{total} images · ETA {eta:.0f} s"))
 
     return update
 
 
 def evaluate_labelled(data: str, models: list[str], crops: bool, population: str, threshold: float):
     bar = st.progress(0.0, text="Starting…")
+    root = guard.allowed_root()
     bundle = ev.evaluate(
-        str(ev.check_allowed(data)), models, threshold=threshold, crops=crops,
-        population=str(ev.check_allowed(population)) if population else None, progress=progress_callback(bar),
+        str(guard.check_path(data, root, what="folder or CSV file")), models, threshold=threshold, crops=crops,
+        population=str(guard.check_path(population, root, kind="file", what="results CSV")) if population else None,
+        progress=progress_callback(bar), confine=root,
     )
     bar.empty()
     return bundle
@@ -78,14 +81,14 @@ try:
     elif source == SOURCES[2]:
         results_path = st.text_input("Results CSV; its journal <name>.reviewed.csv lies beside it", key="dashboard_results_path")
         if st.button("Evaluate", type="primary", disabled=not results_path):
-            run = ev.from_journal(ev.check_allowed(results_path))
+            run = ev.from_journal(guard.check_path(results_path, kind="file", what="results CSV"))
             st.session_state[BUNDLE_KEY] = ev.combine([ev.build_report(run, threshold)], results_path)
     else:
         saved = st.file_uploader("Report JSON (from `wildid evaluate --out` or this page)", type=["json"], key="dashboard_json")
         if saved is not None and st.button("Open", type="primary"):
             st.session_state[BUNDLE_KEY] = ev.load_report(saved.getvalue())
 except WildidError as exc:
-    st.error(str(exc))
+    ui.show_error(exc)
 
 bundle = st.session_state.get(BUNDLE_KEY)
 if not bundle:
@@ -104,8 +107,9 @@ if len(reports) > 1:
 names = [r["name"] for r in reports]
 report = reports[names.index(st.selectbox("Details for", names, key="dashboard_detail"))] if len(reports) > 1 else reports[0]
 
-st.subheader(report["name"])
-st.caption(report.get("source", ""))
+# Names, sources and file names come from the data or from an uploaded report: plain text only.
+st.subheader(ui.md(report["name"]))
+st.caption(ui.md(report.get("source", "")))
 s = report["summary"]
 cols = st.columns(5)
 cols[0].metric("Images", s["n"])
@@ -114,7 +118,7 @@ cols[2].metric("Macro-F1", fmt(s["macro_f1"], ".3f"))
 cols[3].metric("Balanced accuracy", fmt(s["balanced_accuracy"]))
 cols[4].metric("ECE", fmt(report["calibration"]["ece"], ".3f"))
 for note in report.get("notes", []):
-    st.caption(note)
+    st.caption(ui.md(note))
 if report.get("errors"):
     with st.expander(f"{len(report['errors'])} files could not be classified"):
         st.dataframe(pd.DataFrame(report["errors"]), hide_index=True)
@@ -133,24 +137,28 @@ if cells:
     errors_first = sorted(cells, key=lambda c: (c[0] == c[1], -counts[labels.index(c[0])][labels.index(c[1])]))
     choice = st.selectbox(
         "Images in cell (click a cell in the matrix, or pick here)", errors_first,
-        format_func=lambda c: f"true {c[0]} → predicted {c[1]} ({counts[labels.index(c[0])][labels.index(c[1])]})",
+        format_func=lambda c: f"true {c[0]} → predicted {c[1]} ({counts[labels.index(c[0])][labels.index(c[1])]})",  # plain text
         key="dashboard_cell", disabled=bool(clicked),
         help="A cell clicked in the matrix wins; double-click the matrix to clear it and pick here again.",
     )
     true_label, predicted_label = clicked[0] if clicked else choice
     paths = ev.cell_paths(report, true_label, predicted_label)
     confidence = {item["path"]: item["confidence"] for item in report["items"]}
-    st.write(f"**true {true_label} → predicted {predicted_label}**: {len(paths)} images"
-             + (f" (showing {THUMBNAILS})" if len(paths) > THUMBNAILS else ""))
+    st.markdown(f"**true {ui.md(true_label)} → predicted {ui.md(predicted_label)}**: {len(paths)} images"
+                + (f" (showing {THUMBNAILS})" if len(paths) > THUMBNAILS else ""))
     grid = st.columns(6)
+    root = guard.allowed_root()
     for k, path in enumerate(paths[:THUMBNAILS]):
-        caption = f"{Path(path).name} · {confidence.get(path, 0):.0%}"
+        caption = ui.md(f"{Path(path).name} · {confidence.get(path, 0):.0%}")
+        # Paths come from the data or from an uploaded report: only images inside the allowed
+        # folder are ever opened.
         try:
-            thumb = load_image(path, draft_size=160)
+            thumb = load_image(guard.check_path(path, root, kind="file", what="image"), draft_size=160)
             thumb.thumbnail((160, 160))
             grid[k % 6].image(thumb, caption=caption)
-        except WildidError:
-            grid[k % 6].caption(f"{caption} (file not readable here)")
+        except WildidError as exc:
+            reason = "outside the allowed folder" if "outside the allowed folder" in str(exc) else "not readable here"
+            grid[k % 6].caption(f"{caption} (file {reason})")
 
 # --- per-class -------------------------------------------------------------------------------
 st.subheader("Per class")
@@ -169,8 +177,8 @@ if corrected:
          {"": "corrected", "accuracy": cs["accuracy"], "macro-F1": cs["macro_f1"], "balanced accuracy": cs["balanced_accuracy"]}]
     ).set_index(""))
     if corrected.get("unsampled"):
-        st.warning("Predicted in the full set but never in the labelled sample (left out): "
-                   + ", ".join(f"{k} ({v})" for k, v in corrected["unsampled"].items()))
+        st.warning(ui.md("Predicted in the full set but never in the labelled sample (left out): "
+                         + ", ".join(f"{k} ({v})" for k, v in corrected["unsampled"].items())))
 else:
     st.caption("Needs the full set's predictions: evaluate a results CSV, or give the full results CSV above.")
 
@@ -186,7 +194,7 @@ c1, c2, c3 = st.columns(3)
 c1.metric("Accepted", f"{summary['kept']} ({summary['coverage']:.0%})")
 c2.metric("Accuracy of accepted", fmt(summary["accuracy"]))
 c3.metric("Left for review", summary["review"])
-st.success(summary["text"])
+st.success(ui.md(summary["text"]))
 with st.expander("Accuracy per confidence bin (table)"):
     st.dataframe(pd.DataFrame(report["confidence_bins"]).drop(columns=["lower", "upper"]), hide_index=True)
 

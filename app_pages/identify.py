@@ -96,29 +96,29 @@ def top_k_chart(prediction, key: str) -> None:
 def show_verdict(prediction) -> None:
     if prediction.out_of_scope:
         st.warning(
-            f"Not something this model was trained on: “{prediction.card.display_title}” does not "
+            f"Not something this model was trained on: “{ui.md(prediction.card.display_title)}” does not "
             f"recognise this kind of image (scope score {prediction.scope_score:.2f}, below its "
             f"{prediction.card.scope_threshold:.2f}), so it gives no species answer."
         )
     elif prediction.uncertain:
-        candidates = ", ".join(f"{label} ({p:.0%})" for label, p in prediction.top_k[:3])
+        candidates = ui.md(", ".join(f"{label} ({p:.0%})" for label, p in prediction.top_k[:3]))
         st.warning(
             f"Uncertain: no class reaches this model's {prediction.card.threshold:.0%} threshold. "
             f"Top candidates: {candidates}"
         )
         st.caption("Try a tighter crop, the NIR enhancement, or another model.")
     else:
-        st.success(f"{prediction.label} ({prediction.confidence:.0%})")
+        st.success(ui.md(f"{prediction.label} ({prediction.confidence:.0%})"))
 
 
 def facts_card(label: str, card) -> None:
     try:
         info = find_species(card.species.get(label, label))
     except WildidError as exc:
-        st.caption(f"Species facts unavailable: {exc}")
+        st.caption(ui.md(f"Species facts unavailable: {exc}"))
         return
     if info is None:
-        st.caption(f"No species facts for “{label}”.")
+        st.caption(ui.md(f"No species facts for “{label}”."))
         return
     with st.container(border=True):
         st.markdown(f"#### {info.common_name} · *{info.scientific_name}*")
@@ -152,7 +152,7 @@ def suggest_models(image, current: str, also: bool = False) -> None:
     try:
         fits = scope.better_fits(image, predictors)
     except WildidError as exc:
-        st.caption(f"Could not ask the other models: {exc}")
+        st.caption(ui.md(f"Could not ask the other models: {exc}"))
         return
     if not fits:
         if not also:
@@ -160,12 +160,12 @@ def suggest_models(image, current: str, also: bool = False) -> None:
         return
     best = fits[0]
     if also:
-        st.caption(f"“{best.card.display_title}” was also trained on images like this one "
-                   f"(it would say {best.label}, {best.confidence:.0%}).")
+        st.caption(ui.md(f"“{best.card.display_title}” was also trained on images like this one "
+                         f"(it would say {best.label}, {best.confidence:.0%})."))
     else:
-        st.info(f"“{best.card.display_title}” was trained on images like this one "
-                f"(it would say {best.label}, {best.confidence:.0%}).")
-    st.button(f"Use {best.card.display_title}", key="identify_switch_model", on_click=ui.switch_model,
+        st.info(ui.md(f"“{best.card.display_title}” was trained on images like this one "
+                      f"(it would say {best.label}, {best.confidence:.0%})."))
+    st.button(ui.md(f"Use {best.card.display_title}"), key="identify_switch_model", on_click=ui.switch_model,
               args=(best.card.name,), type="primary")
 
 
@@ -181,7 +181,7 @@ def show_facts(prediction) -> None:
     if others:
         st.caption("Facts for the top candidates (open to compare):")
     for label, p in others:
-        with st.expander(f"{label} ({p:.0%})"):
+        with st.expander(ui.md(f"{label} ({p:.0%})")):
             facts_card(label, prediction.card)
 
 
@@ -189,13 +189,13 @@ def show_grad_cam(predictor, display, prediction) -> None:
     try:
         result = explain.grad_cam(predictor, display, target=prediction.label)
     except WildidError as exc:
-        st.error(str(exc))
+        ui.show_error(exc)
         return
     if result.heatmap.max() <= 0:
         st.info("Grad-CAM found no positive evidence for this class in the image.")
         return
     st.image(explain.overlay(display, result.heatmap), width="stretch",
-             caption=f"Grad-CAM for “{result.label}” (layer {result.layer}): red = strongest evidence")
+             caption=f"Grad-CAM for “{ui.md(result.label)}” (layer {ui.md(result.layer)}): red = strongest evidence")
 
 
 def workshop(predictor, display) -> None:
@@ -216,7 +216,7 @@ def workshop(predictor, display) -> None:
                                      key="identify_layer")
             maps, text = explain.activation_maps(model, explain.preprocess_for(predictor, display), layer)
         except WildidError as exc:
-            st.error(str(exc))
+            ui.show_error(exc)
             return
         st.image(maps, caption=f"Activation maps. {text}")
         st.caption("Deep layers respond to larger, species-specific parts; their maps are coarse.")
@@ -228,14 +228,14 @@ def compare(models: list[str], image) -> None:
     for column, name in zip(columns, models):
         with column:
             card = by_name[name]
-            st.markdown(f"**{card.display_title}**")
+            st.markdown(f"**{ui.md(card.display_title)}**")
             predictor = ui.get_predictor(card)
             if predictor is None:
                 continue
             try:
                 [prediction] = predictor.predict([image], top_k=5)
             except WildidError as exc:
-                st.error(str(exc))
+                ui.show_error(exc)
                 continue
             show_verdict(prediction)
             top_k_chart(prediction, key=f"identify_compare_chart_{name}")
@@ -257,7 +257,7 @@ digest = hashlib.sha1(data).hexdigest()[:12]
 try:
     check_upload(name, len(data))
 except WildidError as exc:
-    st.error(str(exc))
+    ui.show_error(exc)
     st.stop()
 if predictor is None:
     # The slot has no weights (explained above); the photo can still go to another model.
@@ -285,7 +285,7 @@ try:
     display.thumbnail((DISPLAY_SIDE, DISPLAY_SIDE))
     width, height = upright_size(as_upload(name, data))
 except WildidError as exc:
-    st.error(str(exc))
+    ui.show_error(exc)
     st.stop()
 
 photo_column, result_column = st.columns(2)
@@ -297,7 +297,7 @@ try:
         working = enhance_nir(working)
     [prediction] = predictor.predict([working], top_k=5)
 except WildidError as exc:
-    st.error(str(exc))
+    ui.show_error(exc)
     st.stop()
 
 shown = working.copy() if (box or use_nir) else display
@@ -308,7 +308,7 @@ with photo_column:
         show_grad_cam(predictor, shown, prediction)
     elif not use_crop or box:
         details = [name, f"{width}x{height}"] + (["crop"] if box else []) + (["CLAHE"] if use_nir else [])
-        st.image(shown, width="stretch", caption=" · ".join(details))
+        st.image(shown, width="stretch", caption=ui.md(" · ".join(details)))  # the file name is the uploader's
 with result_column:
     show_verdict(prediction)
     if prediction.out_of_scope:

@@ -44,7 +44,7 @@ def new_gallery_form() -> None:
             try:
                 reid.Gallery.create(name, find_card(model))
             except WildidError as exc:
-                st.error(str(exc))
+                ui.show_error(exc)
             else:
                 # The gallery select box already exists in this run: choose the new gallery on the next one.
                 st.session_state["reid_select_next"] = reid.check_name(name)
@@ -58,11 +58,11 @@ if "reid_select_next" in st.session_state:
 if st.session_state.pop("reid_clear_new_name", False):
     st.session_state.pop("reid_new_name", None)
 for message in st.session_state.pop("reid_flash", []):
-    st.success(message)
+    st.success(ui.md(message))
 
 names = reid.list_galleries()
 if not names:
-    st.info(f"No galleries yet in {reid.galleries_root()}. Create one here, or from labelled folders with "
+    st.info(ui.md(f"No galleries yet in {reid.galleries_root()}.") + " Create one here, or from labelled folders with "
             "`wildid gallery add FOLDER --gallery NAME --model MODEL` (one sub-folder per individual).")
     new_gallery_form()
     st.stop()
@@ -74,7 +74,7 @@ try:
     gallery = reid.Gallery.open(gallery_name)
     card = find_card(gallery.model)
 except WildidError as exc:
-    st.error(str(exc))
+    ui.show_error(exc)
     st.stop()
 embedder = ui.get_predictor(card)
 summary = gallery.summary()
@@ -86,8 +86,8 @@ cols[2].metric("Threshold", f"{threshold:.3f}")
 cols[3].metric("Model", model_label(card))
 if card.provenance.get("generic"):
     st.caption("This gallery uses the " + GENERIC_NOTE + ".")
-st.caption(f"Threshold from the {gallery.meta.get('threshold_source', 'model card')}; "
-           f"gallery folder {gallery.folder}")
+st.caption(ui.md(f"Threshold from the {gallery.meta.get('threshold_source', 'model card')}; "
+                 f"gallery folder {gallery.folder}"))
 
 upload_col, top_k_col = st.columns([3, 1])
 upload = upload_col.file_uploader("Photo of the animal", type=UPLOAD_TYPES, key="reid_upload",
@@ -104,7 +104,7 @@ try:
     image = load_image(data)
     results = reid.identify(embedder, gallery, [image], top_k=top_k) if gallery.entries else []
 except WildidError as exc:
-    st.error(str(exc))
+    ui.show_error(exc)
     st.stop()
 
 query_col, verdict_col = st.columns([1, 3])
@@ -113,35 +113,35 @@ with verdict_col:
     if not results:
         st.info("The gallery is empty: register this animal as its first individual.")
     elif results[0].known:
-        st.success(f"{results[0].label} (similarity {results[0].similarity:.3f} ≥ {threshold:.3f})")
+        st.success(ui.md(f"{results[0].label} (similarity {results[0].similarity:.3f} ≥ {threshold:.3f})"))
     else:
         best = results[0].matches[0]
-        st.warning(f"Unknown individual: the closest, {best.individual}, has similarity {best.similarity:.3f} "
-                   f"< {threshold:.3f}. A new individual?")
+        st.warning(ui.md(f"Unknown individual: the closest, {best.individual}, has similarity {best.similarity:.3f} "
+                         f"< {threshold:.3f}. A new individual?"))
 
 if results:
     st.subheader("Top matches")
     match_cols = st.columns(len(results[0].matches))
     for rank, (col, match) in enumerate(zip(match_cols, results[0].matches), start=1):
         with col:
-            st.image(str(match.image), caption=f"{rank}. {match.individual}", width="stretch")
+            st.image(str(match.image), caption=ui.md(f"{rank}. {match.individual}"), width="stretch")
             verdict = ":green[above threshold]" if match.similarity >= threshold else ":red[below threshold]"
             st.markdown(f"Similarity **{match.similarity:.3f}** · {verdict}")
             others = gallery.individuals()[match.individual]
             st.caption(f"{others} gallery image{'s' if others != 1 else ''}")
-            if st.button("Confirm match", key=f"reid_confirm_{rank}", help=f"Add this photo to {match.individual}"):
+            if st.button("Confirm match", key=f"reid_confirm_{rank}", help=ui.md(f"Add this photo to {match.individual}")):
                 try:
                     report = gallery.add(match.individual, [data], embedder, new_individual=False,
                                          source_names=[upload.name])
                 except WildidError as exc:
-                    st.error(str(exc))
+                    ui.show_error(exc)
                 else:
                     if report.added:
                         # Rerun so the counts and matches above include the photo just added.
                         st.session_state["reid_flash"] = [
                             f"Added the photo to {match.individual} in gallery {gallery.name}."]
                         st.rerun()
-                    st.info(f"This photo is already filed under {match.individual}.")
+                    st.info(ui.md(f"This photo is already filed under {match.individual}."))
 
 st.subheader("Register a new individual")
 with st.form("reid_register"):
@@ -150,7 +150,7 @@ with st.form("reid_register"):
         try:
             report = gallery.add(new_name, [data], embedder, new_individual=True, source_names=[upload.name])
         except WildidError as exc:
-            st.error(str(exc))
+            ui.show_error(exc)
         else:
             # Rerun so the counts, the matches and the next free name reflect the new individual.
             st.session_state["reid_flash"] = [f"Registered {reid.check_name(new_name, 'individual')} in gallery "

@@ -14,7 +14,7 @@ import plotly.express as px
 import streamlit as st
 
 import ui
-from wildid import registry, review
+from wildid import guard, registry, review
 from wildid.errors import WildidError
 from wildid.imaging import load_image
 
@@ -86,16 +86,17 @@ def next_unreviewed(paths: list[str], done: set[str], start: int) -> int:
 def on_label(results_path: str, paths: tuple[str, ...], pos: int, label: str, predicted: str, confidence: float) -> None:
     if st.session_state.get("rv_pos") != pos:
         return
-    reviewer = st.session_state.get("rv_reviewer", "")
+    # Behind the access gate the reviewer is who signed in, whatever the field or URL says.
+    reviewer = st.session_state.get(ui.USER_KEY) or st.session_state.get("rv_reviewer", "")
     done = set(review.replay_journal(results_path).labels) | {paths[pos]}
     st.session_state["rv_pos"] = next_unreviewed(list(paths), done, pos + 1)
     try:
         review.append_label(results_path, paths[pos], label, reviewer, predicted, confidence)
     except WildidError as exc:
         st.session_state["rv_pos"] = pos
-        st.session_state["rv_message"] = ("error", str(exc))
+        st.session_state["rv_message"] = ("error", ui.md(exc))
         return
-    st.session_state["rv_message"] = ("success", f"Saved {label} for image {pos + 1}.")
+    st.session_state["rv_message"] = ("success", f"Saved {ui.md(label)} for image {pos + 1}.")
 
 
 def on_other(results_path: str, paths: tuple[str, ...], pos: int, predicted: str, confidence: float) -> None:
@@ -113,29 +114,43 @@ def on_move(pos: int, step: int, total: int) -> None:
 
 # --- results file -----------------------------------------------------------------------------
 st.title("Review predictions")
-root = review.allowed_root()
+root = guard.allowed_root()
+space = ui.session_space()
 source = st.radio("Results file", ["Path", "Upload"], horizontal=True, key="rv_source", label_visibility="collapsed")
+uploaded = None
 if source == "Path":
     path_text = st.text_input(
         "Results CSV", value=param("results"), key="rv_results_path",
-        placeholder=str(root / "run" / "results.csv"), help=f"a results file written by Batch, under {root}",
+        placeholder=str(root / "run" / "results.csv"), help=ui.md(f"a results file written by Batch, under {root}"),
     ).strip()
 else:
     upload = st.file_uploader("Results CSV", type=["csv"], key="rv_upload")
-    path_text = str(review.store_upload(upload.name, upload.getvalue(), root)) if upload is not None else ""
+    path_text = ""
+    if upload is not None:
+        try:
+            space.reserve(upload.size)
+            # The session's own folder: no other session can open this file or write its journal.
+            uploaded = review.store_upload(upload.name, upload.getvalue(), space.sub("review"))
+        except WildidError as exc:
+            ui.show_error(exc)
+            st.stop()
+        path_text = str(uploaded)
 if not path_text:
     st.info("Pick a results file from Batch (a CSV) to review its predictions.")
     st.stop()
 try:
-    results_path = review.check_allowed(path_text, root)
-    if not results_path.is_file():
-        raise WildidError(f"results file not found: {results_path}")
+    results_path = uploaded if uploaded is not None else guard.check_path(path_text, root, kind="file", what="results CSV")
     results_key = (str(results_path), *file_version(results_path))
     results = load_results(*results_key)
 except WildidError as exc:
-    st.error(str(exc))
+    ui.show_error(exc)
     st.stop()
-st.query_params["results"] = str(results_path)
+if uploaded is None:
+    st.query_params["results"] = str(results_path)
+else:
+    st.query_params.pop("results", None)
+    st.caption("This upload and its labels live only as long as this browser session: download the journal "
+               "or the final CSV below before you leave, or keep results in the data folder and open them by path.")
 
 card = card_for(results)
 classes = class_buttons(*results_key, tuple(card.classes) if card else ())
@@ -144,7 +159,12 @@ labels = replay.labels
 
 # --- queue ------------------------------------------------------------------------------------
 who, which, how = st.columns([2, 2, 3])
-reviewer = who.text_input("Reviewer", value=param("reviewer"), key="rv_reviewer", placeholder="your name")
+signed_in = ui.current_user()
+if signed_in:  # behind the access gate: the signed-in name, not editable
+    st.session_state["rv_reviewer"] = signed_in
+    reviewer = who.text_input("Reviewer", key="rv_reviewer", disabled=True, help="the name given at sign-in")
+else:
+    reviewer = who.text_input("Reviewer", value=param("reviewer"), key="rv_reviewer", placeholder="your name")
 queue_index = review.QUEUES.index(param("queue")) if param("queue") in review.QUEUES else 0
 kind = which.selectbox("Queue", review.QUEUES, index=queue_index, key="rv_queue", help="\n\n".join(f"**{k}**: {v}" for k, v in QUEUE_HELP.items()))
 spec = review.QueueSpec(kind)
@@ -177,13 +197,13 @@ with how:
         spec = review.QueueSpec(kind, per_bin=int(per_bin), seed=int(seed))
         st.query_params.update(per_bin=str(per_bin), seed=str(seed))
 st.query_params["queue"] = kind
-if reviewer.strip():
+if reviewer.strip() and not signed_in:
     st.query_params["reviewer"] = reviewer.strip()
 
 try:
     queue = results.loc[queue_rows(*results_key, dataclasses.astuple(spec))]
 except WildidError as exc:
-    st.error(str(exc))
+    ui.show_error(exc)
     st.stop()
 paths = tuple(queue["path"])
 queue_key = (str(results_path), spec.describe())
@@ -205,7 +225,7 @@ if message:
 if not total:
     st.info("This queue is empty: pick another queue or change its settings.")
 elif pos >= total:
-    st.success(f"Queue finished: {done} of {total} reviewed. Press b to go back, or pick another queue.")
+    st.success(f"Queue finished: {done} of {total} reviewed. Press b to go back, or pick another queue.")  # numbers only
     st.button("Back", key=f"rv_back_{pos}", shortcut="b", on_click=on_move, args=(pos, -1, total))
 else:
     row = queue.iloc[pos]
@@ -219,7 +239,7 @@ else:
         about = st.container()
         for index, label in enumerate(classes):
             st.button(
-                label, key=f"rv_c{index}_{pos}", width="stretch",
+                ui.md(label), key=f"rv_c{index}_{pos}", width="stretch",
                 shortcut=str(index + 1) if index < 9 else None,
                 type="primary" if label == predicted_label else "secondary",
                 on_click=on_label, args=(str(results_path), paths, pos, label, predicted_label, confidence),
@@ -230,14 +250,15 @@ else:
     with picture:
         image_path = review.resolve_image_path(path, row["relpath"] or None, results_path.parent)
         try:
-            review.check_allowed(image_path, root)
-            st.image(load_image(image_path, draft_size=1600), width="stretch", caption=row["relpath"] or path)
+            image_path = guard.check_path(image_path, root, kind="file", what="image")
+            st.image(load_image(image_path, draft_size=1600), width="stretch", caption=ui.md(row["relpath"] or path))
         except WildidError as exc:
-            st.error(str(exc))
+            ui.show_error(exc)
     with about:
         if path in labels:
             entry = replay.latest.set_index("path").loc[path]
-            st.success(f"Reviewed as **{entry['true_label']}** by {entry['reviewer']} ({entry['reviewed_at']})")
+            st.success(f"Reviewed as **{ui.md(entry['true_label'])}** by {ui.md(entry['reviewer'])} "
+                       f"({ui.md(entry['reviewed_at'])})")
         else:
             st.caption("Not reviewed yet: press a number key or click the class.")
         top = review.parse_top_k(row["top_k"])[:3] or [(predicted_label, confidence)]
@@ -246,7 +267,7 @@ else:
             column_config={"probability": st.column_config.ProgressColumn("probability", min_value=0.0, max_value=1.0, format="%.2f")},
         )
         details = [f"status {row['status']}"] + [f"{k} {row[k]}" for k in ("datetime", "camera", "sequence_id") if row[k]]
-        st.caption(" · ".join(details))
+        st.caption(ui.md(" · ".join(details)))
     with panel:
         with st.form("rv_other_form", clear_on_submit=True, border=False):
             st.text_input("Other label", key="rv_other", placeholder="e.g. empty, raccoon")
@@ -287,43 +308,63 @@ if replay.torn_tail or replay.skipped_lines:
     st.caption(f"{replay.skipped_lines} incomplete journal line(s) skipped (an interrupted write).")
 
 # --- final data set and training export -------------------------------------------------------
+# Writes go to new files, or to files this session made: another session's work is never replaced.
 st.divider()
 st.subheader("Final data set")
-st.caption(f"Journal: {review.journal_path(results_path)} (the results file is never changed)")
+journal = review.journal_path(results_path)
+st.caption(ui.md(f"Journal: {journal} (the results file is never changed)"))
+if journal.is_file():
+    st.download_button("Download the journal", journal.read_bytes(), file_name=journal.name, mime="text/csv",
+                       key="rv_journal_download")
 merge_col, export_col = st.columns(2)
 with merge_col:
     st.write("Accepted automatic labels plus reviewed manual labels, with a `label_source` column.")
     if st.button("Merge", key="rv_merge"):
         try:
-            out, final = review.write_final(results_path)
-            st.session_state["rv_final"] = (str(out), final.to_csv(index=False).encode(), final["label_source"].value_counts().to_dict())
+            target = review.final_path(results_path)
+            if target.exists() and not space.created_here(target):
+                target = space.sub("final") / target.name  # someone else's: keep theirs, offer ours for download
+            out, final = review.write_final(results_path, target)
+            space.remember(out)
+            st.session_state["rv_final"] = (str(out), str(results_path), final.to_csv(index=False).encode(),
+                                            final["label_source"].value_counts().to_dict())
         except (WildidError, OSError) as exc:
-            st.error(str(exc))
-    if "rv_final" in st.session_state and st.session_state["rv_final"][0].startswith(str(results_path.with_suffix(""))):
-        out, data, counts = st.session_state["rv_final"]
-        st.success(f"Wrote {out}: {counts.get('manual', 0)} manual, {counts.get('auto', 0)} auto labels")
+            ui.show_error(exc)
+    if "rv_final" in st.session_state and st.session_state["rv_final"][1] == str(results_path):
+        out, _, data, counts = st.session_state["rv_final"]
+        st.success(ui.md(f"Wrote {out}: {counts.get('manual', 0)} manual, {counts.get('auto', 0)} auto labels"))
         st.download_button("Download final CSV", data, file_name=Path(out).name, mime="text/csv", key="rv_final_download")
 with export_col:
     st.write("Reviewed images as a training set for `wildid train` (copies; originals untouched).")
-    out_dir = st.text_input("Export to", value=str(results_path.parent / f"{results_path.stem}-training"), key="rv_export_dir")
+    export_parent = results_path.parent if guard.is_inside(results_path.parent, root) else root
+    out_dir = st.text_input("Export to", value=str(export_parent / f"{review.safe_name(results_path.stem)}-training"),
+                            key="rv_export_dir", help=ui.md(f"a new folder (or .csv file) under {root}"))
     layout = st.radio("Layout", ["imagefolder", "csv"], horizontal=True, key="rv_layout",
                       format_func={"imagefolder": "folders per class (copies)", "csv": "CSV path,label"}.get)
     include_auto = st.checkbox("Also accepted automatic labels", key="rv_include_auto")
     if st.button("Export", key="rv_export"):
         try:
-            target = review.check_allowed(out_dir, root)
+            target = guard.check_path(out_dir, root, must_exist=False, what="export folder")
+            guard.check_name(target.name, "export folder name")
             if layout == "csv" and target.suffix.lower() != ".csv":
                 target = target / "labels.csv"
-            summary = review.export_training_set(results_path, target, layout=layout, include_auto=include_auto)
+            if target.exists() and not space.created_here(target):
+                raise WildidError(f"{target} already exists and was not made in this session: "
+                                  f"exports go to a new folder (or a new .csv file); pick another name")
+            summary = review.export_training_set(results_path, target, layout=layout, include_auto=include_auto,
+                                                 confine=root)
+            space.remember(target)
             st.session_state["rv_export_summary"] = summary
         except (WildidError, OSError) as exc:
-            st.error(str(exc))
+            ui.show_error(exc)
     summary = st.session_state.get("rv_export_summary")
     if summary is not None:
         classes_text = ", ".join(f"{k} {v}" for k, v in sorted(summary.per_class.items()))
-        st.success(f"Exported {summary.n_images} images to {summary.out} ({classes_text})")
+        st.success(ui.md(f"Exported {summary.n_images} images to {summary.out} ({classes_text})"))
         if summary.missing:
             st.warning(f"{len(summary.missing)} image file(s) not found, left out")
+        if summary.refused:
+            st.warning(ui.md(f"{len(summary.refused)} row(s) refused, left out: e.g. {summary.refused[0]}"))
         st.download_button("Download labels.csv", summary.labels_csv.read_bytes(), file_name="labels.csv", mime="text/csv",
                            key="rv_export_download")
         st.code(f"wildid train '{summary.labels_csv}' --groups group --out models/my-model", language="bash")

@@ -4,10 +4,12 @@
 import plotly.express as px
 import streamlit as st
 
+import ui
+from wildid import guard
 from wildid import train as tr
 from wildid.backbones import packaged_weights_for
 from wildid.errors import WildidError
-from wildid.registry import default_output_root
+from wildid.registry import app_model_folder
 
 JOB_KEY = "train_job"
 ARCHS = ["tf_efficientnet_lite0", "tf_efficientnet_lite2", "resnet18", "resnet50", "vit_base_patch16_224", "torchvision:resnet18"]
@@ -21,7 +23,7 @@ st.caption("Transfer learning from labelled images: an image folder with one sub
 # Arriving from a model slot without weights (Identify's "Train" link): that slot is the output.
 slot = st.query_params.get("slot", "")
 if slot:
-    st.info(f"Training weights for the model slot “{slot}”: point to labelled photos of its classes.")
+    st.info(ui.md(f"Training weights for the model slot “{slot}”: point to labelled photos of its classes."))
 
 job: tr.TrainingJob | None = st.session_state.get(JOB_KEY)
 busy = job is not None and job.running
@@ -52,11 +54,14 @@ with st.form("train_form"):
 
 if submitted:
     try:
+        space = ui.session_space()
         data_path = tr.resolve_data_path(data_text)
-        if not name.strip() or any(ch in name for ch in "/\\:") or name.startswith("."):
-            raise WildidError("give the model a simple name (letters, digits, - or _), it becomes models/NAME")
+        # One name check; bundled models and models this session did not train are never replaced.
+        out = app_model_folder(name, replace=overwrite, created_here=space.created_here)
         chosen_arch = custom_arch.strip() or arch
-        weights = weights_path.strip() if weights_choice == "path" else weights_choice
+        weights = weights_choice
+        if weights_choice == "path":
+            weights = str(guard.check_path(weights_path, kind="file", what="weights file"))
         if weights_choice == "package" and packaged_weights_for(chosen_arch) is None:
             raise WildidError(f"packaged weights exist for tf_efficientnet_lite0 and tf_efficientnet_lite2 only; for {chosen_arch} pick a "
                               f"local weights file, the hub, or none (random init) under Advanced")
@@ -65,13 +70,15 @@ if submitted:
                                 step=int(step))
         tr.resolve_weights(config.arch, config.weights)
         data = tr.load_labelled(data_path, groups=groups.strip() or None)
+        guard.check_paths(sample.path for sample in data.samples)  # a CSV may list any path
         tr.check_data(data, config.folds)
-        out = default_output_root() / name.strip()
         command = tr.command_line(str(data_path), str(out), config, groups=groups.strip() or None, overwrite=overwrite)
         tr.check_out(out, overwrite)
     except WildidError as exc:
-        st.error(str(exc))
+        ui.show_error(exc)
     else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        space.remember(out)
         job = tr.TrainingJob(data, config, out, command, overwrite).start()
         st.session_state[JOB_KEY] = job
         busy = True
@@ -104,10 +111,10 @@ def draw_curves(events) -> None:
 
 def show_results(result: tr.TrainResult) -> None:
     card, metrics = result.card, result.metrics
-    st.success(f"Saved model {card.name} ({card.arch}, {len(result.data.samples)} images) to {card.folder} in "
-               f"{result.seconds:.0f} s. Pick it in the sidebar model picker.")
+    st.success(ui.md(f"Saved model {card.name} ({card.arch}, {len(result.data.samples)} images) to {card.folder} in "
+                     f"{result.seconds:.0f} s. Pick it in the sidebar model picker."))
     for warning in result.warnings:
-        st.warning(warning)
+        st.warning(ui.md(warning))
     if "fold_accuracy" not in metrics:
         st.info("Not validated (0 folds): no accuracy to report.")
         return
@@ -115,7 +122,7 @@ def show_results(result: tr.TrainResult) -> None:
     cols[0].metric("Mean accuracy", f"{metrics['accuracy']:.1%}", help=metrics["measured_by"])
     cols[1].metric("Std over folds", f"{metrics['accuracy_std']:.1%}")
     cols[2].metric("Macro F1", f"{metrics['macro_f1']:.3f}")
-    st.caption(metrics["measured_by"] + " · folds: " + ", ".join(f"{a:.1%}" for a in metrics["fold_accuracy"]))
+    st.caption(ui.md(metrics["measured_by"] + " · folds: " + ", ".join(f"{a:.1%}" for a in metrics["fold_accuracy"])))
     left, right = st.columns(2)
     left.dataframe([{"class": c, **row} for c, row in metrics["per_class"].items()], hide_index=True)
     cm = metrics["confusion_matrix"]
@@ -150,6 +157,6 @@ if job is not None:
         if job.result is not None:
             show_results(job.result)
         elif job.stopped:
-            st.warning(job.error)
+            st.warning(ui.md(job.error))
         elif job.error:
-            st.error(job.error)
+            ui.show_error(job.error)

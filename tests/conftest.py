@@ -75,6 +75,16 @@ def make_tiny_model(root: Path, name: str = "tiny", arch: str = "test_resnet", t
 
 
 @pytest.fixture(autouse=True)
+def _private_data_folders(tmp_path_factory, monkeypatch):
+    """The allowed data folder and the session work folders in tmp, never in the real home
+    (tests that check the defaults unset WILDID_ALLOWED_ROOT and point HOME elsewhere)."""
+    if not os.environ.get("WILDID_ALLOWED_ROOT"):
+        monkeypatch.setenv("WILDID_ALLOWED_ROOT", str(tmp_path_factory.mktemp("wildid-data")))
+    if not os.environ.get("WILDID_SESSIONS"):
+        monkeypatch.setenv("WILDID_SESSIONS", str(tmp_path_factory.mktemp("wildid-sessions")))
+
+
+@pytest.fixture(autouse=True)
 def _clear_streamlit_caches():
     """Every test starts without models or data cached by an earlier AppTest run."""
     import streamlit as st

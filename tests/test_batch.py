@@ -18,7 +18,8 @@ from PIL import Image
 
 from tests.imagegen import CLASS_STYLES, class_image, truncated_jpeg, write
 from wildid import batch
-from wildid.batch import COLUMNS, export_json, extract_zip, iter_batch, resolve_allowed_folder, run_batch, sort_into
+from wildid.batch import COLUMNS, export_json, extract_zip, iter_batch, run_batch, sort_into
+from wildid.guard import check_path
 from wildid.errors import DataError
 from wildid.registry import load_predictor
 
@@ -252,13 +253,13 @@ def test_results_frame_types(models_root, camera_folder, tmp_path):
 def test_allowed_folder_and_safe_zip(tmp_path):
     allowed = tmp_path / "allowed"
     (allowed / "frames").mkdir(parents=True)
-    assert resolve_allowed_folder("frames", allowed) == (allowed / "frames").resolve()
-    assert resolve_allowed_folder(str(allowed / "frames"), allowed) == (allowed / "frames").resolve()
+    assert check_path("frames", allowed, kind="folder", what="folder") == (allowed / "frames").resolve()
+    assert check_path(str(allowed / "frames"), allowed, kind="folder", what="folder") == (allowed / "frames").resolve()
     for bad in ("../", "/etc", str(tmp_path), "frames/../../"):
         with pytest.raises(DataError, match="outside"):
-            resolve_allowed_folder(bad, allowed)
+            check_path(bad, allowed, kind="folder", what="folder")
     with pytest.raises(DataError, match="no such folder"):
-        resolve_allowed_folder("missing", allowed)
+        check_path("missing", allowed, kind="folder", what="folder")
 
     def zipped(entries: dict[str, bytes]) -> io.BytesIO:
         buffer = io.BytesIO()

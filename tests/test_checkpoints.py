@@ -79,7 +79,11 @@ def test_safetensors_and_wrapped_prefixed_state_dicts_agree(resnet18_model, tmp_
 def test_torchscript_checkpoint(resnet18_model, tmp_path):
     scripted = torch.jit.trace(resnet18_model, torch.zeros(1, 3, 224, 224))
     scripted.save(str(tmp_path / "scripted.pt"))
-    predictor = load_predictor(tmp_path / "scripted.pt", arch="resnet18", classes=CLASSES)
+    # TorchScript is code: refused without trust, one line naming the way out.
+    with pytest.raises(CheckpointError) as err:
+        load_predictor(tmp_path / "scripted.pt", arch="resnet18", classes=CLASSES)
+    assert "TorchScript" in str(err.value) and "--trust-checkpoint" in str(err.value) and "\n" not in str(err.value)
+    predictor = load_predictor(tmp_path / "scripted.pt", arch="resnet18", classes=CLASSES, trust=True)
     _check_predictions(predictor)
     reference = load_predictor(_save_state(resnet18_model, tmp_path), arch="resnet18", classes=CLASSES)
     np.testing.assert_allclose(_probs(predictor), _probs(reference), atol=1e-5)

@@ -38,6 +38,7 @@ def _handcrafted_master(tmp_path_factory) -> Path:
 def reid_env(models_root, _handcrafted_master, tmp_path, monkeypatch) -> Path:
     """Tiny models + the handcrafted embedding on WILDID_MODELS; a private galleries root."""
     shutil.copytree(_handcrafted_master / MODEL, models_root / MODEL)
+    monkeypatch.setenv("WILDID_TRUSTED_MODELS", MODEL)  # TorchScript holds code: trusted explicitly
     galleries = tmp_path / "galleries"
     monkeypatch.setenv("WILDID_GALLERIES", str(galleries))
     return galleries

@@ -19,6 +19,7 @@ PAGE = str(PROJECT_ROOT / "app_pages" / "reid.py")
 @pytest.fixture()
 def lynx_gallery(models_root, _handcrafted_master, tmp_path, monkeypatch):  # noqa: F811
     shutil.copytree(_handcrafted_master / MODEL, models_root / MODEL)
+    monkeypatch.setenv("WILDID_TRUSTED_MODELS", MODEL)  # TorchScript holds code: trusted explicitly
     monkeypatch.setenv("WILDID_GALLERIES", str(tmp_path / "galleries"))
     embedder = reid.load_embedder(MODEL)
     gallery = reid.Gallery.create("lynx", embedder.card)

@@ -299,14 +299,17 @@ def test_relative_paths_resolve_from_results_folder(tmp_path):
 
 
 def test_allowed_root(tmp_path, monkeypatch):
+    from wildid.guard import check_path
+
     monkeypatch.setenv("WILDID_ALLOWED_ROOT", str(tmp_path))
-    assert review.check_allowed(tmp_path / "a" / "b.csv") == (tmp_path / "a" / "b.csv").resolve()
+    assert check_path(tmp_path / "a" / "b.csv", must_exist=False) == (tmp_path / "a" / "b.csv").resolve()
     with pytest.raises(DataError, match="outside the allowed folder"):
-        review.check_allowed(tmp_path.parent / "x.csv")
+        check_path(tmp_path.parent / "x.csv", must_exist=False)
     with pytest.raises(DataError):
-        review.check_allowed(tmp_path / ".." / "x.csv")
-    stored = review.store_upload("run.csv", b"path,label\n")
-    assert stored.parent == tmp_path / ".wildid" / "review" and review.store_upload("run.csv", b"path,label\n") == stored
+        check_path(tmp_path / ".." / "x.csv", must_exist=False)
+    folder = tmp_path / "session" / "review"
+    stored = review.store_upload("run.csv", b"path,label\n", folder)
+    assert stored.parent == folder and review.store_upload("run.csv", b"path,label\n", folder) == stored
 
 
 def test_cli_merge_export_stats(results, tmp_path, capsys):

@@ -275,15 +275,18 @@ def allowed(tmp_path, monkeypatch):
 @pytest.mark.parametrize("text", ["..", "../secret", "cam1/../../secret", "escape", "escape/", "/", "/etc",
                                   "{tmp}/secret", "{tmp}/allowed-sibling", "{tmp}/allowed/../secret", "~"])
 def test_folder_outside_the_allowed_root_refused(text, allowed, tmp_path):
-    from wildid.batch import resolve_allowed_folder
+    from wildid.guard import check_path
 
     with pytest.raises(DataError) as err:
-        resolve_allowed_folder(text.format(tmp=tmp_path))
+        check_path(text.format(tmp=tmp_path), kind="folder", what="folder")
     assert "outside the allowed folder" in str(err.value) and "WILDID_ALLOWED_ROOT" in str(err.value)
 
 
 def test_folders_inside_the_allowed_root_accepted(allowed):
-    from wildid.batch import resolve_allowed_folder
+    from wildid.guard import check_path
+
+    def resolve_allowed_folder(text):
+        return check_path(text, kind="folder", what="folder")
 
     assert resolve_allowed_folder("cam1") == allowed / "cam1"
     assert resolve_allowed_folder(str(allowed / "cam1")) == allowed / "cam1"
@@ -295,11 +298,11 @@ def test_folders_inside_the_allowed_root_accepted(allowed):
 
 
 def test_folder_with_nul_byte_is_one_line(allowed):
-    from wildid.batch import resolve_allowed_folder
+    from wildid.guard import check_path
 
     for text in ("cam1\x00/../..", "\x00", "a" * 5000):
         with pytest.raises(DataError) as err:
-            resolve_allowed_folder(text)
+            check_path(text, kind="folder", what="folder")
         assert "\n" not in str(err.value) and "\x00" not in str(err.value)
 
 

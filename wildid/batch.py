@@ -45,6 +45,7 @@ import torch
 from wildid import background
 from wildid.detections import REGION_COLUMNS, RegionPlan, crop_box, region_fields
 from wildid.errors import DataError, WildidError
+from wildid.guard import check_path
 from wildid.imaging import quality_metrics
 from wildid.metadata import DEFAULT_SEQUENCE_GAP, FrameMetadata, assign_sequences, read_metadata
 
@@ -335,12 +336,15 @@ def iter_batch(
     top_k: int = 5,
     exclude: Iterable[Path | str] = (),
     regions=None,
+    confine: Path | None = None,
 ) -> Iterator[BatchProgress]:
     """Classify every file under ``root``, appending rows to ``out``; yields after each batch.
 
     The first progress (no rows) comes before any work, with the totals.  ``regions`` picks
     what to classify in each frame: ``detections.DetectorRegions`` (MegaDetector boxes) or
-    ``background.BackgroundRegions`` (the largest changed region); None = whole frames.
+    ``background.BackgroundRegions`` (the largest changed region); None = whole frames.  With
+    ``confine`` (the app's allowed folder), a file that is a symbolic link leading outside it (or
+    into a hidden folder) is never opened: it gets an error row.
     """
     root = Path(os.path.abspath(Path(root).expanduser()))
     out = Path(os.path.abspath(Path(out).expanduser()))
@@ -382,8 +386,13 @@ def iter_batch(
                 todo = [f for f in files if str(f) not in done]
                 if not todo:
                     continue
-                plan = plan_folder(folder, files, root, predictor, pool, sequence_gap, set(todo), regions)
+                refused = _links_out_of(files, confine) if confine is not None else {}
+                readable = [f for f in files if f not in refused]
+                plan = plan_folder(folder, readable, root, predictor, pool, sequence_gap, set(todo), regions)
                 for path in todo:
+                    if path in refused:
+                        pending.append((_done_future(Decoded(path, error=refused[path])), plan))
+                        continue
                     ready = plan.predecoded.pop(path, None)
                     pending.append((_done_future(ready) if ready else
                                     pool.submit(decode, path, predictor, regions, plan.background), plan))
@@ -403,6 +412,20 @@ def iter_batch(
                 yield flush(entries)
     finally:
         handle.close()
+
+
+def _links_out_of(files: Sequence[Path], confine: Path) -> dict[Path, str]:
+    """Files that are symbolic links the guard refuses (target outside ``confine`` or hidden),
+    each with its error-row message."""
+    refused = {}
+    for path in files:
+        if not path.is_symlink():
+            continue  # iter_folders never enters linked folders, so only a file link can lead out
+        try:
+            check_path(path, confine, must_exist=False, what="file")
+        except DataError as exc:
+            refused[path] = _one_line(f"{path.name}: symbolic link not followed: {exc}")
+    return refused
 
 
 def _write_failed(handle, out: Path, good_size: int, exc: OSError) -> DataError:
@@ -676,9 +699,11 @@ def safe_name(label: str) -> str:
     return name or "unlabelled"
 
 
-# --- inputs for the app: allowed folders, uploads, zips ---------------------------------------------------------
-ALLOWED_ROOT_ENV = "WILDID_ALLOWED_ROOT"
-MAX_ZIP_BYTES = int(os.environ.get("WILDID_MAX_ZIP_BYTES", 4 * 1024**3))
+# --- inputs for the app: uploads, zips (server folders pass wildid.guard.check_path) -----------------------------
+# 1 GiB: 20x the 50 MB upload limit, room for a zip of uncompressed NIR TIFF frames; JPEG frames
+# barely compress, so a zip of camera-trap JPEGs unpacks to about its own size.  The per-session
+# quota (wildid.sessions) bounds the disk a session can fill with several zips.
+MAX_ZIP_BYTES = int(os.environ.get("WILDID_MAX_ZIP_BYTES", 1024**3))
 MAX_ZIP_FILES = 100_000
 # Zip bombs: unpacked size over archive size.  Camera frames (JPEG) barely compress, so a zip
 # that claims more than this ratio (and more than the floor, so a few blank test images pass)
@@ -691,30 +716,18 @@ _ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, Ru
                zlib.error, ValueError, OSError)
 
 
-def allowed_root() -> Path:
-    return Path(os.environ.get(ALLOWED_ROOT_ENV) or Path.home()).expanduser().resolve()
-
-
-def resolve_allowed_folder(text: str, root: Path | None = None) -> Path:
-    """A server folder the app may read: must exist and lie inside the allowed root."""
-    root = (root or allowed_root()).resolve()
-    if not text or not text.strip():
-        raise DataError(f"enter a folder inside {root}")
-    shown = text.strip().replace("\x00", "\\0")
+def zip_unpacked_size(source) -> int:
+    """Bytes a zip (path or seekable file-like) declares it unpacks to; 0 if it is not a zip.
+    Python's zipfile never inflates a member past its declared size, so this bounds the disk use."""
     try:
-        candidate = Path(text.strip()).expanduser()
-        if not candidate.is_absolute():
-            candidate = root / candidate
-        resolved = candidate.resolve()
-        inside = resolved == root or root in resolved.parents
-        is_dir = inside and resolved.is_dir()
-    except (ValueError, OSError, RuntimeError) as exc:  # a NUL byte, a name too long, a symlink loop
-        raise DataError(_one_line(f"{shown!r}: not a usable folder path ({exc})")) from None
-    if not inside:
-        raise DataError(_one_line(f"{shown}: outside the allowed folder {root} (set {ALLOWED_ROOT_ENV} to change it)"))
-    if not is_dir:
-        raise DataError(_one_line(f"{shown}: no such folder"))
-    return resolved
+        position = None if isinstance(source, (str, os.PathLike)) else source.tell()
+        with zipfile.ZipFile(source) as archive:
+            total = sum(m.file_size for m in archive.infolist() if not m.is_dir())
+        if position is not None:
+            source.seek(position)
+        return total
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError):
+        return 0
 
 
 def extract_zip(source, dest: Path | str, max_bytes: int = MAX_ZIP_BYTES, max_files: int = MAX_ZIP_FILES,

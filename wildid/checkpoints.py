@@ -2,9 +2,11 @@
 
 Formats: safetensors; PyTorch state_dicts (``.pt`` / ``.pth``, also wrapped as
 ``{"state_dict": ...}`` / ``{"model": ...}``, with ``module.`` prefixes from
-DataParallel); TorchScript archives.  Whole pickled modules can run arbitrary code when
-loaded, so they are refused unless the caller passes ``trust=True``; everything else is
-read with ``torch.load(weights_only=True)``.
+DataParallel); TorchScript archives.  TorchScript archives and whole pickled modules are
+code: TorchScript can read and create files (``torch.from_file(..., shared=True)``) and a
+pickle can run anything.  Both are refused unless the caller passes ``trust=True`` (the CLI's
+``--trust-checkpoint``; the app never does); everything else is read with
+``torch.load(weights_only=True)`` or safetensors, and nothing is run to check it.
 """
 
 from __future__ import annotations
@@ -53,6 +55,12 @@ def read_checkpoint(path: Path | str, trust: bool = False) -> Checkpoint:
         except (SafetensorError, OSError, ValueError) as exc:
             raise CheckpointError(f"{path.name} is not a readable safetensors file ({exc})") from None
     if is_torchscript(path):
+        if not trust:
+            raise CheckpointError(
+                f"{path.name} is a TorchScript archive: it holds code, which can read and write files when "
+                f"run, so it was refused. Save the weights as a state_dict (model.state_dict()) or safetensors; "
+                f"or load it from the command line with --trust-checkpoint if you trust its source"
+            )
         try:
             module = torch.jit.load(str(path), map_location="cpu")
         except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError subclasses freely

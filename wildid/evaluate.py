@@ -60,17 +60,6 @@ class Run:
     notes: list[str] = field(default_factory=list)
 
 
-def check_allowed(path: str | os.PathLike) -> Path:
-    """Server-side paths typed in the app must lie under WILDID_ALLOWED_ROOT when that is set."""
-    resolved = Path(path).expanduser().resolve()
-    root = os.environ.get("WILDID_ALLOWED_ROOT")
-    if root:
-        root_path = Path(root).expanduser().resolve()
-        if resolved != root_path and root_path not in resolved.parents:
-            raise DataError(f"{path}: outside the allowed folder {root_path}; use a path under it")
-    return resolved
-
-
 def _read_csv_rows(source: CsvSource) -> tuple[list[dict[str, str]], str]:
     """Rows of a CSV (path, or uploaded file-like); column names lower-cased and stripped."""
     if isinstance(source, (str, os.PathLike)):
@@ -358,11 +347,14 @@ def evaluate(
     progress: Callable[[str, int, int], None] | None = None,
     backend: str = "torch",
     prepare: Callable[[Any], Any] | None = None,
+    confine: Path | None = None,
 ) -> dict[str, Any]:
     """The CLI's entry: DATA is labelled data (run each model) or results CSV(s) (+ truth or journal).
 
     ``prepare`` maps the labelled data before it is run (crops from MegaDetector boxes or the
-    background); the crops are then used, or compared with full frames when ``crops``."""
+    background); the crops are then used, or compared with full frames when ``crops``.  With
+    ``confine`` (the app's allowed folder), every image a labelled CSV lists must pass the path
+    guard before anything is read."""
     from wildid.registry import load_predictor
 
     data_paths = [Path(d).expanduser() for d in ([data] if isinstance(data, (str, os.PathLike)) else data)]
@@ -376,6 +368,10 @@ def evaluate(
     if len(data_paths) != 1:
         raise DataError("give one labelled folder or CSV, or one or more results CSVs")
     labelled = datasets.load_labelled(data_paths[0])
+    if confine is not None:
+        from wildid.guard import check_paths
+
+        check_paths((item.path for item in labelled.samples), confine)
     if prepare is not None:
         labelled = prepare(labelled)
     items = list(labelled.samples)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 import warnings
 from pathlib import Path
 from typing import BinaryIO, Union
@@ -23,12 +24,27 @@ ImageSource = Union[str, os.PathLike, bytes, BinaryIO, Image.Image]
 Box = tuple[float, float, float, float]
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif"})
-# A 20000x20000 image is 400 MP; refuse before decoding rather than run out of memory.
-MAX_PIXELS = int(os.environ.get("WILDID_MAX_PIXELS", 150_000_000))
+# The decoded-pixel cap, checked on the size the header declares, before decoding.  Chosen from
+# measured peak memory (bench/upload_memory.py, one fresh process per decode): at 64 MP the worst
+# format (lossless WebP with alpha, 16 bytes per pixel inside Pillow's decoder) peaks at +0.98 GB,
+# RGBA PNG / float TIFF / 16-bit PNG at 0.45-0.57 GB, RGB at 0.25 GB.  With at most LARGE_DECODES
+# (2) big decodes at once that is ~2 GB, under a tenth of the 24 GB target machine, and 64 MP still
+# takes every camera-trap frame and 61 MP full-frame / 50 MP phone photos.  A 12000x12000 PNG
+# (144 MP: +2.7 GB before) is refused at its header.
+MAX_PIXELS = int(os.environ.get("WILDID_MAX_PIXELS", 64_000_000))
 MAX_FILE_BYTES = int(os.environ.get("WILDID_MAX_FILE_BYTES", 300 * 1024 * 1024))
 # Photos uploaded in the app: checkpoints and zips may be up to 2 GB (server.maxUploadSize), a photo
 # stays at this size (the uploaders pass it as max_upload_size; check_upload enforces it in code).
 MAX_UPLOAD_IMAGE_MB = int(os.environ.get("WILDID_MAX_UPLOAD_IMAGE_MB", 50))
+# Decodes of big images at once, whatever the number of sessions or batch threads: with the cap
+# above, peak decode memory stays under LARGE_DECODES x ~0.85 GB (2 = the CPU cores, so no
+# throughput is lost).  Images up to LARGE_IMAGE_PIXELS (12 MP frames) decode freely.
+LARGE_IMAGE_PIXELS = 16_000_000
+LARGE_DECODES = threading.BoundedSemaphore(int(os.environ.get("WILDID_LARGE_DECODES", 2)))
+# Percentiles for the 16-bit stretch come from at most this many evenly spaced pixels: the same
+# figures to within a grey level, without sorting a copy of a 64 MP frame.
+STRETCH_SAMPLE = 1_000_000
+STRIP_ROWS = 256
 
 # Quality flags (the lemming study filtered frames on brightness and sharpness).
 DARK_MEAN = 25.0
@@ -97,14 +113,7 @@ def _open(source: ImageSource) -> Image.Image:
         raise ImageError(f"{label}: cannot read ({exc.strerror or exc})") from None
 
 
-def check_upload(name: str, size: int, limit_mb: int = MAX_UPLOAD_IMAGE_MB) -> None:
-    """ImageError naming the limit when an uploaded photo is bigger than ``limit_mb``."""
-    if size > limit_mb * 1024 * 1024:
-        raise ImageError(f"{Path(name).name}: {size / 1024 / 1024:.0f} MB, over the {limit_mb} MB limit for photos; "
-                         f"send a smaller copy")
-
-
-def load_image(source: ImageSource, draft_size: int | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:
+def load_image(source: ImageSource, draft_size: int | None = None, max_pixels: int | None = None) -> Image.Image:
     """Decode ``source`` to an upright 8-bit RGB image.
 
     ``draft_size`` lets JPEGs decode at a reduced scale (1/2, 1/4, 1/8) as long as both
@@ -115,6 +124,7 @@ def load_image(source: ImageSource, draft_size: int | None = None, max_pixels: i
     if isinstance(source, Image.Image):
         return to_rgb(source)
     label = _describe(source)
+    max_pixels = MAX_PIXELS if max_pixels is None else max_pixels
     img = _open(source)
     try:
         width, height = img.size
@@ -129,20 +139,14 @@ def load_image(source: ImageSource, draft_size: int | None = None, max_pixels: i
             )
         if draft_size and img.format == "JPEG":
             img.draft("RGB", (draft_size, draft_size))
+        large = img.size[0] * img.size[1] > LARGE_IMAGE_PIXELS
+        if large:
+            LARGE_DECODES.acquire()
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                img.load()
-        except (OSError, ValueError, SyntaxError, EOFError, IndexError, ZeroDivisionError) as exc:
-            reason = "truncated" if "truncated" in str(exc).lower() else "corrupt"
-            raise ImageError(f"{label}: {reason} image data, cannot decode ({exc})") from None
-        except Image.DecompressionBombError:
-            raise ImageError(f"{label}: image has too many pixels to decode safely") from None
-        try:
-            img = ImageOps.exif_transpose(img) or img
-        except Exception:  # noqa: BLE001 - garbage EXIF must not cost the picture
-            pass
-        return to_rgb(img)
+            return _decode(img, label)
+        finally:
+            if large:
+                LARGE_DECODES.release()
     except MemoryError:
         raise ImageError(f"{label}: not enough memory to decode this image") from None
 
@@ -162,33 +166,75 @@ def upright_size(source: ImageSource) -> tuple[int, int]:
     if hasattr(source, "seek"):
         source.seek(0)
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+def _decode(img: Image.Image, label: str) -> Image.Image:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            img.load()
+    except (OSError, ValueError, SyntaxError, EOFError, IndexError, ZeroDivisionError) as exc:
+        reason = "truncated" if "truncated" in str(exc).lower() else "corrupt"
+        raise ImageError(f"{label}: {reason} image data, cannot decode ({exc})") from None
+    except Image.DecompressionBombError:
+        raise ImageError(f"{label}: image has too many pixels to decode safely") from None
+    try:
+        # In place: without an orientation tag exif_transpose would return a full copy.
+        ImageOps.exif_transpose(img, in_place=True)
+    except Exception:  # noqa: BLE001 - garbage EXIF must not cost the picture
+        pass
+    return to_rgb(img)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
-    """8-bit RGB from any PIL mode; 16-bit / float data are contrast-stretched."""
+    """8-bit RGB from any PIL mode; 16-bit / float data are contrast-stretched.
+
+    Written for peak memory (an upload's decoded size is the attacker's choice): transparency is
+    flattened by pasting onto a white RGB canvas through the alpha band (~8 bytes per pixel at
+    the peak, where alpha_composite over RGBA copies took ~16).
+    """
     mode = img.mode
     if mode == "RGB":
         return img
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        return Image.fromarray(_stretch_to_uint8(np.asarray(img)), "L").convert("RGB")
+        return Image.fromarray(_stretch_to_uint8(img), "L").convert("RGB")
     if mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
+        rgba = img if mode == "RGBA" else img.convert("RGBA")
+        canvas = Image.new("RGB", rgba.size, (255, 255, 255))
+        canvas.paste(rgba, mask=rgba)  # RGB bands through the alpha band, no converted copy
+        return canvas
     return img.convert("RGB")
 
 
-def _stretch_to_uint8(array: np.ndarray) -> np.ndarray:
-    """Map high-bit-depth data (e.g. 16-bit NIR) to 0-255 using robust percentiles."""
-    data = array.astype(np.float32)
-    finite = data[np.isfinite(data)]
+def _stretch_to_uint8(img: Image.Image) -> np.ndarray:
+    """Map high-bit-depth data (e.g. 16-bit NIR) to 0-255 using robust percentiles.
+
+    Worked in strips of STRIP_ROWS rows, so the float32 working copy is a strip, not the frame;
+    the percentiles come from an evenly spaced sample of at most STRETCH_SAMPLE pixels.
+    """
+    width, height = img.size
+    rows = max(1, STRIP_ROWS)
+    step = max(1, (width * height) // STRETCH_SAMPLE)
+    samples = []
+    for top in range(0, height, rows):
+        strip = np.asarray(img.crop((0, top, width, min(height, top + rows)))).reshape(-1)
+        samples.append(strip[(-top * width) % step::step].astype(np.float32))
+    sample = np.concatenate(samples) if samples else np.zeros(0, np.float32)
+    finite = sample[np.isfinite(sample)]
+    out = np.zeros((height, width), dtype=np.uint8)
     if finite.size == 0:
-        return np.zeros(array.shape, dtype=np.uint8)
-    low, high = np.percentile(finite, [0.1, 99.9])
+        return out
+    low, high = (float(v) for v in np.percentile(finite, [0.1, 99.9]))
     if high <= low:
         high = low + 1.0
-    scaled = (np.nan_to_num(data, nan=low) - low) / (high - low)
-    return (np.clip(scaled, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    scale = 255.0 / (high - low)
+    for top in range(0, height, rows):
+        data = np.asarray(img.crop((0, top, width, min(height, top + rows))), dtype=np.float32).copy()
+        np.nan_to_num(data, copy=False, nan=low, posinf=high, neginf=low)
+        data -= low
+        data *= scale
+        np.clip(data, 0.0, 255.0, out=data)
+        data += 0.5
+        out[top:top + data.shape[0]] = data.astype(np.uint8)
+    return out
 
 
 def to_channel_mode(img: Image.Image, channel_mode: str) -> Image.Image:

@@ -1,9 +1,17 @@
 """Find model folders, load them by name or path, cache them.
 
-Model folders live under ``models/`` in the project and in any folder listed in the
-``WILDID_MODELS`` environment variable (``os.pathsep``-separated; searched first).
-Each holds ``card.toml`` plus weights; timm architectures also get timm's ``config.json``
-so that ``timm.create_model("local-dir:models/NAME", pretrained=True)`` rebuilds them.
+Model folders live in any folder listed in the ``WILDID_MODELS`` environment variable
+(``os.pathsep``-separated; searched first), then in the user's models folder
+(``models/`` inside the allowed data folder, ``~/wildid-data/models`` by default), then in the
+project's bundled ``models/``.  Each holds ``card.toml`` plus weights; timm architectures also
+get timm's ``config.json`` so that ``timm.create_model("local-dir:models/NAME", pretrained=True)``
+rebuilds them.
+
+The app writes new models only into :func:`app_models_root` (never the bundled folder), under a
+checked name, and never replaces a model it did not create in the same session
+(:func:`app_model_folder`).  TorchScript and pickled whole models are code: they load only with
+``trust=True`` (the CLI's ``--trust-checkpoint``) or, for model folders loaded by name, when the
+operator lists the model in ``WILDID_TRUSTED_MODELS``.
 """
 
 from __future__ import annotations
@@ -23,18 +31,40 @@ from torch import nn
 from wildid.backbones import build_model, card_preprocessing, is_torchvision
 from wildid.cards import CARD_FILE, ModelCard, card_from_dict, load_card, today
 from wildid.checkpoints import CHECKPOINT_SUFFIXES, fit_state_dict, read_checkpoint
-from wildid.errors import CardError, CheckpointError, ModelNotAvailable, WildidError
+from wildid.errors import CardError, CheckpointError, DataError, ModelNotAvailable, WildidError
+from wildid.guard import allowed_root, check_name
 from wildid.predictor import BACKENDS, BasePredictor, OnnxPredictor, TorchPredictor, export_onnx
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = "general-animals"
 ONNX_FILE = "model.onnx"
 WEIGHTS_FILE = "model.safetensors"
+TRUSTED_MODELS_ENV = "WILDID_TRUSTED_MODELS"
+
+
+def _env_roots() -> list[Path]:
+    return [Path(p).expanduser() for p in os.environ.get("WILDID_MODELS", "").split(os.pathsep) if p.strip()]
+
+
+def bundled_root() -> Path:
+    return PROJECT_ROOT / "models"
+
+
+def user_models_root() -> Path:
+    """``models/`` in the allowed data folder: where the app keeps the models people add."""
+    return allowed_root(create=False) / "models"
+
+
+def app_models_root() -> Path:
+    """The one folder the app writes models into: the first WILDID_MODELS folder, else the user's."""
+    env = _env_roots()
+    return env[0] if env else user_models_root()
 
 
 def model_roots() -> list[Path]:
-    roots = [Path(p).expanduser() for p in os.environ.get("WILDID_MODELS", "").split(os.pathsep) if p.strip()]
-    roots.append(PROJECT_ROOT / "models")
+    roots = _env_roots()
+    roots.append(user_models_root())
+    roots.append(bundled_root())
     seen, unique = set(), []
     for root in roots:
         key = root.resolve()
@@ -45,8 +75,9 @@ def model_roots() -> list[Path]:
 
 
 def default_output_root() -> Path:
-    """Where new models (import, train) go by default: the first model root."""
-    return model_roots()[0]
+    """Where new models (import, train) go by default, from the CLI too: the first WILDID_MODELS
+    folder, else the user's models folder (never the bundled one)."""
+    return app_models_root()
 
 
 @dataclass(frozen=True)
@@ -134,6 +165,11 @@ def card_for_checkpoint(path: Path, arch: str | None, classes: Sequence[str] | N
     )
 
 
+def trusted_model_names() -> set[str]:
+    """Model folders the operator declared may hold code (TorchScript, pickled models)."""
+    return {n.strip() for n in os.environ.get(TRUSTED_MODELS_ENV, "").split(",") if n.strip()}
+
+
 def build_network(card: ModelCard, trust: bool = False) -> nn.Module:
     """The card's network with its weights loaded; raises CheckpointError / ModelNotAvailable."""
     if not card.has_weights:
@@ -147,6 +183,8 @@ def build_network(card: ModelCard, trust: bool = False) -> nn.Module:
     checkpoint = read_checkpoint(card.weights_path, trust=trust)
     num_outputs = card.num_classes if card.kind == "classifier" else 0
     if isinstance(checkpoint, nn.Module):
+        # Only trusted checkpoints come back as modules, so running one here runs code the
+        # user vouched for; untrusted checkpoints are state dicts, checked by shape alone.
         _check_module_outputs(checkpoint, card)
         return checkpoint
     model = build_model(card.arch, num_outputs)
@@ -186,6 +224,7 @@ def load_predictor(
         card = card_for_checkpoint(path, arch, list(classes) if classes else None)
     else:
         card = find_card(name_or_path)
+        trust = trust or card.name in trusted_model_names()
     key = (card.name, str(card.weights_path), backend, trust, batch_size, _fingerprint(card))
     with _CACHE_LOCK:
         cached = _CACHE.get(key)
@@ -232,8 +271,10 @@ def _cache_dir() -> Path:
 
 
 def onnx_path_for(card: ModelCard) -> Path:
-    """``model.onnx`` beside the weights when that folder is writable, else in the user cache."""
-    if card.folder is not None and os.access(card.folder, os.W_OK):
+    """``model.onnx`` beside the weights when that folder is writable and not bundled (the project's
+    models/ stay as shipped), else in the user cache."""
+    bundled = card.folder is not None and bundled_root().resolve() in card.folder.resolve().parents
+    if card.folder is not None and not bundled and os.access(card.folder, os.W_OK):
         stem = "model" if card.weights in ("", WEIGHTS_FILE) else Path(card.weights).stem
         return card.folder / f"{stem}.onnx"
     digest = hashlib.sha1(str(card.weights_path).encode()).hexdigest()[:12]
@@ -299,6 +340,43 @@ def write_timm_config(card: ModelCard, folder: Path, model: nn.Module | None = N
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
 
+def classes_from_text(text: str) -> list[str]:
+    """A class list typed in the app: one per line or comma-separated.  Only ever text: a class
+    list that happens to name a file on the server is not opened (the CLI's --classes may)."""
+    return [part.strip() for part in str(text).replace("\n", ",").split(",") if part.strip()]
+
+
+def app_model_folder(name: str, replace: bool = False, created_here=None) -> Path:
+    """The folder the app may write model ``name`` into, or a one-line DataError.
+
+    The name passes the one name check; the folder is in :func:`app_models_root`.  A model of
+    that name anywhere else (a bundled model, another models folder) is never shadowed, and an
+    existing model folder is replaced only with ``replace`` and when ``created_here(folder)``
+    says this session made it.  A model slot (card without weights) may be filled.
+    """
+    name = check_name(name, "model name")
+    folder = app_models_root() / name
+    for card in list_cards():
+        if card.name != name or card.folder is None:
+            continue
+        if card.folder.resolve() != folder.resolve() and card.has_weights:
+            raise DataError(
+                f"{name!r} is an installed model in {card.folder.parent} (read-only from the app); pick another name"
+            )
+    if (folder / CARD_FILE).is_file():
+        try:
+            has_weights = load_card(folder).has_weights
+        except WildidError:
+            has_weights = True
+        if has_weights and not (replace and created_here is not None and created_here(folder)):
+            why = ("only models trained in this session can be replaced from the app; "
+                   "use `wildid train --overwrite` on the command line" if replace else "pick another name")
+            raise DataError(f"model {name!r} already exists in {folder.parent}: {why}")
+    elif folder.exists() and any(folder.iterdir()) and not (created_here is not None and created_here(folder)):
+        raise DataError(f"{folder} already exists and is not a model folder; pick another name")
+    return folder
+
+
 def import_checkpoint(
     checkpoint: Path | str,
     name: str,
@@ -306,22 +384,27 @@ def import_checkpoint(
     classes: Sequence[str] | None = None,
     root: Path | None = None,
     trust: bool = False,
+    source_label: str | None = None,
     **card_fields,
 ) -> ModelCard:
     """Copy a checkpoint into ``models/<name>/`` with a card; the original is only read.
 
     Classes may come from an existing model slot of the same name (its card lists them).
-    State dicts are converted to safetensors; TorchScript and trusted whole-model pickles are
-    copied as they are.
+    State dicts are converted to safetensors; TorchScript and whole-model pickles need
+    ``trust`` and are then copied as they are.  ``name`` passes the one name check (no
+    separators, ``..`` or leading dot), so the folder is always directly under ``root``.
     """
     source = Path(checkpoint).expanduser()
     if not source.is_file():
         raise CheckpointError(f"checkpoint {source} not found")
     if source.suffix.lower() not in CHECKPOINT_SUFFIXES:
         raise CheckpointError(f"{source.name}: expected one of {', '.join(CHECKPOINT_SUFFIXES)}")
+    name = check_name(name, "model name")
     root = Path(root) if root else default_output_root()
     folder = root / name
     slot = load_card(folder) if (folder / CARD_FILE).is_file() else None
+    if slot is None:  # a slot of that name in another models folder (e.g. a bundled one) lends its classes
+        slot = next((c for c in list_cards() if c.name == name and not c.has_weights), None)
     if slot is not None and slot.has_weights:
         raise CheckpointError(f"model {name!r} already has weights in {folder}; pick another --name")
     classes = list(classes) if classes else (list(slot.classes) if slot else None)
@@ -332,7 +415,7 @@ def import_checkpoint(
     base.update({"name": name, "arch": arch, "classes": list(classes), **card_preprocessing(arch)})
     base.update({k: v for k, v in card_fields.items() if v is not None})
     base.setdefault("provenance", {})
-    base["provenance"] = dict(base["provenance"], imported_from=str(source), imported=today())
+    base["provenance"] = dict(base["provenance"], imported_from=source_label or str(source), imported=today())
     card = card_from_dict(base, folder)
     staged = card.replace(weights=source.name, folder=source.parent)
     model = build_network(staged, trust=trust)  # validates before anything is written

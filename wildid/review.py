@@ -28,6 +28,8 @@ import numpy as np
 import pandas as pd
 
 from wildid.errors import DataError
+from wildid.guard import check_path
+from wildid.imaging import is_image_file
 
 RESULTS_COLUMNS = (
     "path", "relpath", "label", "confidence", "top_k", "status", "error", "empty_score", "width", "height",
@@ -61,20 +63,6 @@ def journal_path(results_path: str | os.PathLike) -> Path:
     """``runs/cam1.csv`` -> ``runs/cam1.reviewed.csv``."""
     results_path = Path(results_path)
     return results_path.with_name(results_path.stem + JOURNAL_SUFFIX)
-
-
-def allowed_root() -> Path:
-    """The folder the app may read and write: env WILDID_ALLOWED_ROOT, default the home folder."""
-    return Path(os.environ.get("WILDID_ALLOWED_ROOT") or Path.home()).expanduser().resolve()
-
-
-def check_allowed(path: str | os.PathLike, root: Path | None = None) -> Path:
-    """The resolved path, or DataError when it lies outside the allowed root."""
-    root = (root or allowed_root()).resolve()
-    resolved = Path(path).expanduser().resolve()
-    if resolved != root and root not in resolved.parents:
-        raise DataError(f"{path} is outside the allowed folder {root}: pick a file under it (or set WILDID_ALLOWED_ROOT)")
-    return resolved
 
 
 def resolve_image_path(path: str, relpath: str | None, results_dir: Path) -> Path:
@@ -512,6 +500,7 @@ class ExportSummary:
     per_class: dict[str, int]
     missing: list[str]
     labels_csv: Path
+    refused: list[str] = field(default_factory=list)  # "path: reason" for rows the path guard refused
 
 
 _UNSAFE = re.compile(r"[^\w.\- ]+")
@@ -553,6 +542,17 @@ def _copy_new(source: Path, folder: Path, name: str) -> Path:
     raise DataError(f"cannot find a free file name for {name} in {folder}")
 
 
+def _confined(source: Path, root: Path) -> str:
+    """Why the app may not copy ``source`` (outside the allowed folder, hidden, not an image), or ''."""
+    try:
+        check_path(source, root, must_exist=False, what="image")
+    except DataError as exc:
+        return str(exc)
+    if not is_image_file(source):
+        return f"{Path(source).name}: not an image file (only images are exported)"
+    return ""
+
+
 def training_rows(results_path: Path, include_auto: bool = False) -> pd.DataFrame:
     final = merge_final(read_results(results_path), replay_journal(results_path))
     if not include_auto:
@@ -572,19 +572,29 @@ def export_training_set(
     out: str | os.PathLike,
     layout: str = "imagefolder",
     include_auto: bool = False,
+    confine: Path | None = None,
 ) -> ExportSummary:
     """Reviewed images as a training set for ``wildid train``; originals are only read.
 
     ``imagefolder``: copies into ``out/<label>/`` plus ``out/labels.csv``; ``csv``: just
     ``out`` (a .csv file, or ``out/labels.csv``) with path,label,group pointing at the originals.
+    With ``confine`` (the app's allowed folder), ``out`` and every image the results name must
+    pass the path guard, and only image files are copied; other rows are listed in ``refused``.
     """
     results_path = Path(results_path)
     rows = training_rows(results_path, include_auto)
+    refused: list[str] = []
+    if confine is not None:
+        check_path(out, confine, must_exist=False, what="export folder")
+        reasons = [_confined(Path(s), confine) for s in rows["source"]]
+        refused = [reason for reason in reasons if reason]
+        rows = rows[[not reason for reason in reasons]]
     present = rows[[Path(s).is_file() for s in rows["source"]]]
     missing = [str(s) for s in rows.loc[~rows.index.isin(present.index), "source"]]
     if present.empty:
         what = "reviewed or accepted" if include_auto else "reviewed"
-        raise DataError(f"no {what} images to export" + (f" ({len(missing)} image files not found)" if missing else ""))
+        raise DataError(f"no {what} images to export" + (f" ({len(missing)} image files not found)" if missing else "")
+                        + (f" ({len(refused)} refused, e.g. {refused[0]})" if refused else ""))
     out = Path(out).expanduser()
     protected = _protected(results_path)
     if layout == "csv":
@@ -613,16 +623,15 @@ def export_training_set(
     counts = present["label"].value_counts()
     return ExportSummary(
         out=target, layout=layout, n_images=len(present), per_class={k: int(v) for k, v in counts.items()},
-        missing=missing, labels_csv=labels_csv,
+        missing=missing, labels_csv=labels_csv, refused=refused,
     )
 
 
 # --- uploads ----------------------------------------------------------------------------------
-def store_upload(name: str, data: bytes, root: Path | None = None) -> Path:
-    """Keep an uploaded results file under the allowed root (same content -> same place, so its
-    journal is found again after a reload)."""
-    root = root or allowed_root()
-    folder = root / ".wildid" / "review"
+def store_upload(name: str, data: bytes, folder: Path) -> Path:
+    """Keep an uploaded results file in ``folder`` (the session's private work folder, so no other
+    session can open it or write its journal); same content -> same file within the session."""
+    folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256(data).hexdigest()[:12]
     target = folder / f"{digest}-{safe_name(Path(name).name)}"

@@ -911,21 +911,10 @@ def command_line(data: str, out: str, config: TrainConfig, groups: str | None = 
 
 # --- for the app: a run in a background thread -------------------------------------------------------
 def resolve_data_path(text: str) -> Path:
-    """A data folder or CSV the app may read: inside the allowed root (WILDID_ALLOWED_ROOT, default home)."""
-    from wildid.batch import ALLOWED_ROOT_ENV, allowed_root
+    """A data folder or CSV the app may read: passes the one path guard (inside the allowed folder)."""
+    from wildid.guard import check_path
 
-    root = allowed_root()
-    if not text or not text.strip():
-        raise DataError(f"enter a folder (one sub-folder per class) or a CSV inside {root}")
-    candidate = Path(text.strip()).expanduser()
-    if not candidate.is_absolute():
-        candidate = root / candidate
-    resolved = candidate.resolve()
-    if resolved != root and root not in resolved.parents:
-        raise DataError(f"{text.strip()}: outside the allowed folder {root} (set {ALLOWED_ROOT_ENV} to change it)")
-    if not resolved.exists():
-        raise DataError(f"{text.strip()}: no such folder or CSV file")
-    return resolved
+    return check_path(text, what="folder or CSV file")
 
 
 class TrainingJob:

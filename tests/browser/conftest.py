@@ -65,6 +65,9 @@ def app_server(browser_models_root, browser_workdir, tmp_path_factory):
         WILDID_MODELS=str(browser_models_root),
         WILDID_CACHE=str(tmp_path_factory.mktemp("browser-cache")),
         WILDID_ALLOWED_ROOT=str(browser_workdir),
+        WILDID_SESSIONS=str(tmp_path_factory.mktemp("browser-sessions")),
+        # The re-ID test model is TorchScript (code): the operator's explicit trust.
+        WILDID_TRUSTED_MODELS="coat-handcrafted",
         STREAMLIT_SERVER_FILE_WATCHER_TYPE="none",
         STREAMLIT_BROWSER_GATHER_USAGE_STATS="false",
     )

@@ -13,8 +13,10 @@ MODEL = "coat-handcrafted"
 
 
 @pytest.fixture()
-def lynx_gallery(browser_models_root, browser_workdir, tmp_path):
+def lynx_gallery(browser_models_root, browser_workdir, tmp_path, monkeypatch):
     from wildid import reid
+
+    monkeypatch.setenv("WILDID_TRUSTED_MODELS", MODEL)  # as the server's env (conftest): TorchScript is code
 
     if not (browser_models_root / MODEL).is_dir():
         make_handcrafted_model(browser_models_root, MODEL)

@@ -39,25 +39,22 @@ MIN_CALIBRATION_INDIVIDUALS = 10
 
 
 def galleries_root() -> Path:
-    """``WILDID_GALLERIES``; else ``galleries/`` under the allowed root when the app is confined to one
-    (``WILDID_ALLOWED_ROOT``), else ``galleries/`` in the project."""
+    """``WILDID_GALLERIES``; else ``galleries/`` in the allowed data folder (``~/wildid-data``
+    unless ``WILDID_ALLOWED_ROOT`` says otherwise), which the app may write."""
     if os.environ.get("WILDID_GALLERIES", "").strip():
         return Path(os.environ["WILDID_GALLERIES"]).expanduser()
-    if os.environ.get("WILDID_ALLOWED_ROOT", "").strip():
-        return Path(os.environ["WILDID_ALLOWED_ROOT"]).expanduser() / "galleries"
-    return PROJECT_ROOT / "galleries"
+    from wildid.guard import allowed_root
 
-
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\- ]{0,99}$")
+    return allowed_root() / "galleries"
 
 
 def check_name(name: str, what: str = "gallery") -> str:
-    name = str(name).strip()
-    if not _NAME_RE.match(name) or name in (".", "..") or name.lower() == UNKNOWN:
-        raise DataError(
-            f"{what} name {name!r} is not allowed: use letters, digits, spaces, '-', '_' or '.' "
-            f"(up to 100 characters, not starting with a symbol, not 'unknown')"
-        )
+    """A gallery or individual name: the one name check (spaces allowed), and never 'unknown'."""
+    from wildid.guard import check_name as checked_name
+
+    name = checked_name(name, f"{what} name", allow_spaces=True)
+    if name.lower() == UNKNOWN:
+        raise DataError(f"{what} name {name!r} is not allowed: 'unknown' is the answer for animals never seen")
     return name
 
 
