@@ -113,6 +113,13 @@ def _open(source: ImageSource) -> Image.Image:
         raise ImageError(f"{label}: cannot read ({exc.strerror or exc})") from None
 
 
+def check_upload(name: str, size: int, limit_mb: int = MAX_UPLOAD_IMAGE_MB) -> None:
+    """ImageError naming the limit when an uploaded photo is bigger than ``limit_mb``."""
+    if size > limit_mb * 1024 * 1024:
+        raise ImageError(f"{Path(name).name}: {size / 1024 / 1024:.0f} MB, over the {limit_mb} MB limit for photos; "
+                         f"send a smaller copy")
+
+
 def load_image(source: ImageSource, draft_size: int | None = None, max_pixels: int | None = None) -> Image.Image:
     """Decode ``source`` to an upright 8-bit RGB image.
 
