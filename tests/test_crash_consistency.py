@@ -159,3 +159,60 @@ def test_sort_into_copy_killed_mid_file_leaves_no_truncated_copy(models_root, tm
     assert len(copies) == 6
     originals = {p.name: p.read_bytes() for p in root.rglob("*.jpg")}
     assert all(copy.read_bytes() == originals[copy.name] for copy in copies)  # none truncated
+
+
+def test_json_export_interrupted_keeps_the_previous_file(models_root, tmp_path, monkeypatch):
+    root = tmp_path / "frames"
+    for i in range(4):
+        write(root / f"IMG_{i:04d}.jpg", class_image(("dark", "bright", "striped")[i % 3], i, (160, 120)))
+    out, js = tmp_path / "results.csv", tmp_path / "results.json"
+    assert cli.main(["batch", str(root), "--model", "tiny", "--out", str(out), "-q", "--json-out", str(js)]) == 0
+    before = js.read_bytes()
+    real_dumps = batch.json.dumps
+    calls = {"n": 0}
+
+    def dumps_then_die(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:  # two images written to the new file, then the process is gone
+            raise KeyboardInterrupt
+        return real_dumps(*args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(batch.json, "dumps", dumps_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            batch.export_json(out, js)
+    assert js.read_bytes() == before  # the reader sees the old export whole, never half a new one
+    batch.export_json(out, js)
+    assert not (tmp_path / "results.json.tmp").exists()
+
+
+def test_review_export_killed_mid_copy_leaves_no_truncated_image(tmp_path, monkeypatch):
+    from tests.test_review import make_results
+    from wildid import review
+
+    results = make_results(tmp_path)
+    frame = review.read_results(results)
+    for path in frame["path"][:4]:
+        review.append_label(results, path, "bobcat", "ana")
+    dest = tmp_path / "export"
+    real = shutil.copyfileobj
+    calls = {"n": 0}
+
+    def copy_then_die(src, dst, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:  # the third image: half of it, then the process is gone
+            dst.write(src.read()[:50])
+            raise KeyboardInterrupt
+        return real(src, dst, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(shutil, "copyfileobj", copy_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            review.export_training_set(results, dest)
+    visible = [p for p in dest.rglob("*") if p.is_file() and not p.name.startswith(".")]
+    assert len(visible) == 2 and not (dest / "labels.csv").exists()
+    summary = review.export_training_set(results, dest)  # the retry completes the export
+    copies = sorted(p for p in dest.rglob("*") if p.is_file() and not p.name.startswith(".") and p.suffix != ".csv")
+    assert summary.n_images == 4 and len(copies) == 4  # no "-1" duplicate of a torn copy
+    originals = {Path(p).name: Path(p).read_bytes() for p in frame["path"][:4]}
+    assert sorted(c.read_bytes() for c in copies) == sorted(originals.values())
