@@ -27,7 +27,6 @@ EXIT_OK = 0
 EXIT_RUN_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
-EXIT_USER_ERROR = EXIT_USAGE  # the older name
 
 EXIT_STATUS_HELP = """\
 exit status (every command):
