@@ -44,7 +44,7 @@ def test_batch_folder_shows_table_and_downloads(page, app_url, browser_workdir):
     page.get_by_role("button", name="Export Camtrap DP").click()
     page.get_by_text("Download Camtrap DP (zip)").wait_for()
     wait_for_app(page)
-    assert page.get_by_text(re.compile(r"latitude / longitude \(WGS84\) of cam1")).count() >= 1
+    page.get_by_text(re.compile(r"latitude / longitude \(WGS84\) of cam1")).first.wait_for()
     with page.expect_download() as download_info:
         page.get_by_text("Download Camtrap DP (zip)").click()
     saved = browser_workdir / "camtrap-dp.zip"
