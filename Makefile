@@ -1,4 +1,5 @@
-# Two commands: `make run` (venv, install, start the app) and `make test` (same venv, all tests).
+# Two commands: `make run` (venv, install, start the app) and `make test` (same venv, all tests but the
+# concurrent-load test, which `make test-load` runs on its own).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -9,7 +10,7 @@ PORT ?= 8501
 ADDRESS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test install chromium bench clean
+.PHONY: run test test-load install chromium bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "wildid needs Python >= 3.11"'
@@ -29,6 +30,10 @@ run: install
 
 test: install chromium
 	$(PY) -m pytest
+
+# 20 concurrent browser sessions against one app server; prints latency as a ratio to one session alone.
+test-load: install chromium
+	$(PY) -m pytest -m load -s tests/browser/test_load_concurrent.py
 
 bench: install
 	$(PY) bench/predict.py

@@ -8,8 +8,8 @@ import plotly.express as px
 import streamlit as st
 
 import ui
-from wildid import batch, detections, guard
-from wildid.background import DEFAULT_EMPTY_THRESHOLD, BackgroundRegions
+from wildid import batch, defaults, detections, guard
+from wildid.background import BackgroundRegions
 from wildid.detections import DEFAULT_DETECTION_THRESHOLD
 from wildid.errors import WildidError
 from wildid.imaging import MAX_UPLOAD_IMAGE_MB
@@ -48,12 +48,12 @@ else:
 
 with st.expander("Options"):
     cols = st.columns(4)
-    recursive = cols[0].checkbox("Include sub-folders", value=True)
+    recursive = cols[0].checkbox("Include sub-folders", value=defaults.RECURSIVE)
     resume = cols[0].checkbox("Resume the previous run on this folder", value=False,
                               help="keeps the rows already computed and classifies only the rest")
-    threshold = cols[1].slider("Accept at confidence ≥", 0.0, 1.0, float(card.threshold if card else 0.5), 0.05)
-    sequence_gap = cols[2].number_input("Sequence gap (s)", 1.0, 3600.0, 60.0, 5.0)
-    batch_size = cols[3].number_input("Batch size", 1, 128, 16)
+    threshold = cols[1].slider("Accept at confidence ≥", 0.0, 1.0, defaults.accept_threshold(card), 0.05)
+    sequence_gap = cols[2].number_input("Sequence gap (s)", 1.0, 3600.0, defaults.SEQUENCE_GAP, 5.0)
+    batch_size = cols[3].number_input("Batch size", 1, 128, defaults.BATCH_SIZE)
     crop_mode = st.radio("Classify", ["Whole frames", "Background crop (fixed cameras)", "MegaDetector boxes"],
                          horizontal=True, help="Background crop: the largest change against the camera folder's "
                          "median background. MegaDetector boxes: each animal box of a MegaDetector output file.")
@@ -128,11 +128,11 @@ if results and Path(results).exists():
                    help="Not something this model was trained on (e.g. a footprint sent to a photo model)")
     cols[4].metric("Errors", int(counts.get("error", 0)))
     empty_threshold = st.slider(
-        "Likely empty at empty_score ≥", 0.0, 1.0, DEFAULT_EMPTY_THRESHOLD, 0.01,
+        "Likely empty at empty_score ≥", 0.0, 1.0, defaults.EMPTY_THRESHOLD, 0.01,
         help="empty_score: 1 = the frame looks like its camera's median background (no animal)",
     )
     likely_empty = frame["empty_score"] >= empty_threshold
-    hide_empty = st.checkbox(f"Hide {int(likely_empty.sum())} likely empty frames", value=True)
+    hide_empty = st.checkbox(f"Hide {int(likely_empty.sum())} likely empty frames", value=defaults.HIDE_LIKELY_EMPTY)
     shown = frame[~likely_empty] if hide_empty else frame
     boxed = bool(frame["box_source"].astype(str).str.len().gt(0).any()) if "box_source" in frame else False
     st.dataframe(shown[TABLE_COLUMNS + (["box_source", "detection_count", "box"] if boxed else [])],

@@ -47,9 +47,12 @@ def test_predict_text_and_errors(models_root, class_images, tmp_path, capsys):
     bad.write_text("not an image")
     code = main(["predict", str(class_images["coyote"]), str(bad), "--model", "tiny", "--top-k", "2"])
     out = capsys.readouterr().out.splitlines()
-    assert code == 1
+    assert code == 0  # the run completed: the unreadable file is an error line, counted below
     assert out[0].startswith(f"{class_images['coyote']}: coyote ")
     assert out[1] == f"{bad}: error: bad.jpg: not an image, or a format that cannot be read"
+    assert out[2] == "1 of 2 images done, 1 could not be read"
+    assert main(["predict", str(class_images["coyote"]), str(bad), "--model", "tiny", "--strict"]) == 1
+    assert main(["predict", str(class_images["coyote"]), "--model", "tiny", "--strict"]) == 0
 
 
 def test_models_lists_cards(models_root, capsys):

@@ -142,7 +142,7 @@ def test_cli_json_out_carries_boxes_and_classifications(models_root, md_folder, 
     out, js, sorted_dir = tmp_path / "r.csv", tmp_path / "r.json", tmp_path / "sorted"
     code = main(["batch", str(root), "-m", "tiny", "-r", "--out", str(out), "--detections", str(md_json),
                  "--json-out", str(js), "--sort-into", str(sorted_dir), "--quiet"])
-    assert code == 1  # f.png and g.png are error rows
+    assert code == 0  # the run completed; f.png and g.png are error rows (exit 1 only with --strict)
     data = json.loads(js.read_text())
     assert data["detection_categories"] == {"1": "animal", "2": "person", "3": "vehicle"}
     classes = data["classification_categories"]

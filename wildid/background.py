@@ -15,12 +15,14 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from wildid import defaults
+
 THUMB_SIZE = (96, 72)  # (width, height)
 PIXEL_CHANGE = 24.0  # grey levels a thumbnail pixel must differ by to count as changed
 FULL_CHANGE_FRACTION = 0.10  # this fraction of changed pixels gives empty_score 0
 MIN_FRAMES = 3  # fewer frames give no background worth the name
 BACKGROUND_SAMPLE = 25  # frames used for the median: bounded, so memory stays flat
-DEFAULT_EMPTY_THRESHOLD = 0.9  # empty_score >= this -> likely empty
+DEFAULT_EMPTY_THRESHOLD = defaults.EMPTY_THRESHOLD  # empty_score >= this -> likely empty (app and CLI)
 
 
 def thumbnail(img: Image.Image) -> np.ndarray:

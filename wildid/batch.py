@@ -42,12 +42,12 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
-from wildid import background
+from wildid import background, defaults
 from wildid.detections import REGION_COLUMNS, RegionPlan, crop_box, region_fields
 from wildid.errors import DataError, WildidError
 from wildid.guard import check_path
 from wildid.imaging import quality_metrics
-from wildid.metadata import DEFAULT_SEQUENCE_GAP, FrameMetadata, assign_sequences, read_metadata
+from wildid.metadata import FrameMetadata, assign_sequences, read_metadata
 
 COLUMNS = (
     "path", "relpath", "label", "confidence", "top_k", "status", "error", "empty_score",
@@ -56,12 +56,15 @@ COLUMNS = (
 ) + REGION_COLUMNS
 # Results written before the region columns existed: readable everywhere, not resumable.
 LEGACY_COLUMNS = COLUMNS[: -len(REGION_COLUMNS)]
+# The header exactly as csv.writer writes it (the \r\n line end is csv's default).
+HEADER_LINE = (",".join(COLUMNS) + "\r\n").encode("utf-8")
 # empty: a detector found no animal in the frame (the reason is in ``error``).
 # out_of_scope: the model's scope check says it was not trained on images like this one
 # (wildid.scope); such rows get no confident label and go to review with the low-confidence ones.
 STATUSES = ("accepted", "review", "out_of_scope", "error", "empty")
 SORT_MODES = ("copy", "symlink")
-# Test hook: seconds to sleep after each written batch, so a test can kill the process mid-run.
+# Test hook: seconds to sleep before each batch is written, so a test can kill the process mid-run
+# (also between the start of a run and its first row).
 DELAY_ENV = "WILDID_BATCH_DELAY"
 
 
@@ -177,27 +180,70 @@ def _truncate_partial_line(path: Path) -> None:
         handle.truncate(0)
 
 
-def open_results(out: Path | str, resume: bool = False, overwrite: bool = False,
-                 model: str | None = None) -> tuple[io.TextIOWrapper, set[str]]:
-    """The results CSV opened for appending (header written if new) and the paths already done."""
+def check_results(out: Path | str, resume: bool = False, overwrite: bool = False,
+                  model: str | None = None) -> tuple[set[str], bool]:
+    """May a run write ``out``?  Returns (paths already done, fresh); creates and changes nothing.
+
+    ``fresh``: the file is started anew (header + first rows) when the first rows are ready,
+    so a run that fails before that leaves the old file, or none, behind.  A file without a
+    complete row (empty, or a header-only file left by a run that died before its first row)
+    holds nothing to keep: it never blocks a rerun.
+    """
     out = Path(out).expanduser()
-    done: set[str] = set()
-    if out.exists() and out.stat().st_size > 0 and not overwrite:
-        if not resume:
-            raise DataError(f"{out} already exists: add --resume to finish it, or --overwrite to start again")
-        done, written_by = read_done_paths(out)
-        if model and written_by and written_by != model:
-            raise DataError(f"{out} was written by model {written_by!r}; resume with --model {written_by} or choose another --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fresh = overwrite or not out.exists() or out.stat().st_size == 0
-    handle = out.open("w" if fresh else "a", newline="", encoding="utf-8")
+    if out.is_dir():
+        raise DataError(f"{out} is a folder; give a file name for --out, e.g. {out / 'results.csv'}")
+    if not _has_complete_row(out) or overwrite:
+        return set(), True
+    if not resume:
+        raise DataError(f"{out} already exists: add --resume to finish it, or --overwrite to start again")
+    done, written_by = read_done_paths(out)
+    if model and written_by and written_by != model:
+        raise DataError(f"{out} was written by model {written_by!r}; resume with --model {written_by} or choose another --out")
+    return done, False
+
+
+def _has_complete_row(out: Path) -> bool:
+    """False when ``out`` is missing, empty, or (part of) the results header with no complete row."""
+    try:
+        with out.open("rb") as handle:
+            head = handle.read(len(HEADER_LINE))
+            if head != HEADER_LINE:
+                return bool(head) and not (len(head) < len(HEADER_LINE) and HEADER_LINE.startswith(head))
+            while chunk := handle.read(1 << 16):
+                if b"\n" in chunk:  # a complete row ends in a newline; a torn one does not
+                    return True
+            return False
+    except FileNotFoundError:
+        return False
+
+
+def open_results(out: Path | str, fresh: bool) -> io.TextIOWrapper:
+    """The results CSV opened for the first rows of a run: a new file with its header (``fresh``),
+    else the existing one for appending.  Called only once rows are ready to be written."""
+    out = Path(out).expanduser()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        handle = out.open("w" if fresh else "a", newline="", encoding="utf-8")
+    except OSError as exc:
+        raise DataError(_one_line(f"cannot write {out}: {exc.strerror or exc}; choose another --out")) from None
     if fresh:
         try:
-            csv.writer(handle).writerow(COLUMNS)
+            handle.write(HEADER_LINE.decode("utf-8"))
             _sync(handle)
         except OSError as exc:
-            raise _write_failed(handle, out, 0, exc) from None
-    return handle, done
+            raise _write_failed(handle, out, 0, exc, remove=True) from None
+    return handle
+
+
+def _check_writable(out: Path) -> None:
+    """Fail before the run (bad usage) rather than at its first row when --out cannot be written."""
+    folder = out.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise DataError(f"cannot write {out}: {folder} is not a writable folder; choose another --out")
+    if out.exists() and not os.access(out, os.W_OK):
+        raise DataError(f"cannot write {out}: the file is read-only; choose another --out")
 
 
 def _sync(handle) -> None:
@@ -326,55 +372,65 @@ def iter_batch(
     predictor,
     out: Path | str,
     *,
-    recursive: bool = False,
+    recursive: bool = defaults.RECURSIVE,
     resume: bool = False,
     overwrite: bool = False,
     threshold: float | None = None,
-    workers: int = 2,
-    batch_size: int = 16,
-    sequence_gap: float = DEFAULT_SEQUENCE_GAP,
-    top_k: int = 5,
+    workers: int = defaults.DECODE_WORKERS,
+    batch_size: int = defaults.BATCH_SIZE,
+    sequence_gap: float = defaults.SEQUENCE_GAP,
+    top_k: int = defaults.TOP_K,
     exclude: Iterable[Path | str] = (),
     regions=None,
     confine: Path | None = None,
 ) -> Iterator[BatchProgress]:
     """Classify every file under ``root``, appending rows to ``out``; yields after each batch.
 
-    The first progress (no rows) comes before any work, with the totals.  ``regions`` picks
-    what to classify in each frame: ``detections.DetectorRegions`` (MegaDetector boxes) or
-    ``background.BackgroundRegions`` (the largest changed region); None = whole frames.  With
-    ``confine`` (the app's allowed folder), a file that is a symbolic link leading outside it (or
-    into a hidden folder) is never opened: it gets an error row.
+    The first progress (no rows) comes once the run is known to be able to start (the folder
+    has files, ``out`` may be written) and before any work, with the totals.  ``out`` is created
+    with the first rows, never before.  ``threshold`` None: the card's (defaults.accept_threshold).
+    ``regions`` picks what to classify in each frame: ``detections.DetectorRegions`` (MegaDetector
+    boxes) or ``background.BackgroundRegions`` (the largest changed region); None = whole frames.
+    With ``confine`` (the app's allowed folder), a file that is a symbolic link leading outside it
+    (or into a hidden folder) is never opened: it gets an error row.
     """
     root = Path(os.path.abspath(Path(root).expanduser()))
     out = Path(os.path.abspath(Path(out).expanduser()))
     if batch_size < 1 or workers < 1:
         raise DataError("--batch-size and --workers must be at least 1")
     card = predictor.card
-    threshold = card.threshold if threshold is None else float(threshold)
+    threshold = defaults.accept_threshold(card) if threshold is None else float(threshold)
     exclude = [out, out.with_name(out.stem + ".reviewed.csv"), *exclude]
-    handle, done = open_results(out, resume=resume, overwrite=overwrite, model=card.name)
+    # Everything that can refuse the run is checked before anything is written: a run that
+    # fails to start leaves no results file (and an --overwrite target untouched).
+    done, fresh = check_results(out, resume=resume, overwrite=overwrite, model=card.name)
+    total, already = count_files(root, recursive, exclude, done)
+    if total == 0:
+        raise DataError(_no_files_message(root, recursive, exclude))
+    _check_writable(out)
     delay = float(os.environ.get(DELAY_ENV, "0") or 0)
+    handle = None
     try:
-        total, already = count_files(root, recursive, exclude, done)
-        if total == 0:
-            raise DataError(f"{root}: no files found" + ("" if recursive else " (sub-folders need --recursive)"))
-        writer = csv.writer(handle)
         started = time.perf_counter()
-        state = {"done": already, "processed": 0, "synced": os.fstat(handle.fileno()).st_size}
+        state = {"done": already, "processed": 0, "synced": 0}
 
         def flush(entries: list[tuple[Decoded, FolderPlan]]) -> BatchProgress:
+            nonlocal handle
             rows = _rows_for(entries, predictor, root, threshold, top_k)
+            if delay:
+                time.sleep(delay)
+            if handle is None:  # the first rows of this run are ready: only now is the file started
+                handle = open_results(out, fresh)
+                state["synced"] = os.fstat(handle.fileno()).st_size
             try:
-                writer.writerows([[_cell(row[c]) for c in COLUMNS] for row in rows])
+                csv.writer(handle).writerows([[_cell(row[c]) for c in COLUMNS] for row in rows])
                 _sync(handle)
             except OSError as exc:
-                raise _write_failed(handle, out, state["synced"], exc) from None
+                raise _write_failed(handle, out, state["synced"], exc,
+                                    remove=fresh and state["synced"] <= len(HEADER_LINE)) from None
             state["synced"] = os.fstat(handle.fileno()).st_size
             state["done"] += len(rows)
             state["processed"] += len(rows)
-            if delay:
-                time.sleep(delay)
             return BatchProgress(state["done"], total, state["processed"], time.perf_counter() - started, rows)
 
         yield BatchProgress(already, total, 0, 0.0, [])
@@ -411,7 +467,8 @@ def iter_batch(
             if entries:
                 yield flush(entries)
     finally:
-        handle.close()
+        if handle is not None:
+            handle.close()
 
 
 def _links_out_of(files: Sequence[Path], confine: Path) -> dict[Path, str]:
@@ -428,19 +485,35 @@ def _links_out_of(files: Sequence[Path], confine: Path) -> dict[Path, str]:
     return refused
 
 
-def _write_failed(handle, out: Path, good_size: int, exc: OSError) -> DataError:
+def _no_files_message(root: Path, recursive: bool, exclude: Iterable[Path | str]) -> str:
+    """Why a folder gave nothing to classify, and the fix."""
+    if not recursive:
+        nested, _ = count_files(root, True, exclude)
+        if nested:
+            return (f"no files directly in {root}; {nested} in sub-folders: include sub-folders "
+                    f"(--recursive, or tick 'Include sub-folders')")
+    return f"no files in {root} (hidden files and folders are skipped); give the folder holding the images"
+
+
+def _write_failed(handle, out: Path, good_size: int, exc: OSError, remove: bool = False) -> DataError:
     """A failed write (disk full, I/O error): cut the results back to the last complete batch,
-    so no torn row is left behind, and say what to do in one line."""
+    so no torn row is left behind, and say what to do in one line.  ``remove``: the file was
+    started by this run and holds no row yet, so it goes (nothing to resume, nothing to block
+    the retry)."""
     try:
         handle.close()  # flushing the rest of the buffer may fail again; the file is cut below anyway
     except OSError:
         pass
     try:
-        os.truncate(out, good_size)
+        if remove:
+            out.unlink(missing_ok=True)
+        else:
+            os.truncate(out, good_size)
     except OSError:
         pass  # a resume drops a half-written last line too
     reason = exc.strerror or str(exc) or type(exc).__name__
-    hint = "free space and rerun with --resume" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "rerun with --resume"
+    retry = "rerun" if remove else "rerun with --resume"
+    hint = f"free space and {retry}" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else retry
     return DataError(_one_line(f"could not write results to {out}: {reason}; {hint}"))
 
 
@@ -686,7 +759,11 @@ def sort_into(csv_path: Path | str, dest: Path | str, mode: str = "copy",
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
         if mode == "copy":
-            shutil.copy2(source, target)
+            # Copy under a hidden name, then rename: a kill mid-copy never leaves a truncated file
+            # under the real name (which a rerun would skip as "already there").
+            part = target.with_name(f".{target.name}.part")
+            shutil.copy2(source, part)
+            os.replace(part, target)
         else:
             os.symlink(os.path.abspath(source), target)
         counts[bucket] += 1

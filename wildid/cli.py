@@ -1,11 +1,15 @@
 """`wildid` command line: the same core as the app.
 
     wildid predict IMAGE... [--model NAME|PATH] [--top-k K] [--json]
+    wildid batch FOLDER [--out results.csv] [--resume] ...
     wildid models [--json]
     wildid import CHECKPOINT --name NAME [--arch ARCH] [--classes FILE|a,b,c]
     wildid export-onnx --model NAME
 
-Errors a user can cause print one line (``error: ...``) and exit with status 2.
+Exit status, the same for every command (``EXIT_STATUS_HELP``, printed by ``wildid --help``):
+0 the run completed, files that could not be read are rows / warnings counted in the summary;
+1 the run itself failed after it had started (``--strict``: also when any file failed);
+2 bad usage, found before any work began.  Errors print one line, ``error: ...``.
 """
 
 from __future__ import annotations
@@ -17,9 +21,58 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from wildid import defaults
 from wildid.errors import WildidError
 
-EXIT_USER_ERROR = 2
+EXIT_OK = 0
+EXIT_RUN_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+EXIT_STATUS_HELP = """\
+exit status (every command):
+  0    the run completed. Files that could not be read do not stop it: they are error rows
+       (batch), warnings (train, gallery add) or error lines (predict, identify), counted
+       in the summary line.
+  1    the run itself failed after it had started (disk full, a write error, no readable
+       image left to train on): nothing, or only a part that --resume finishes, was written.
+       With --strict, also when any file could not be read.
+  2    bad usage, found before any work began (an unknown option, a missing folder or model,
+       an existing --out without --resume or --overwrite): nothing was written.
+  130  interrupted (Ctrl-C); what was written is kept (batch: finish it with --resume).
+"""
+
+
+class RunStage:
+    """Where a command is: a user error before its work begins is bad usage (exit 2); once work
+    has begun (the first file is read), the same error means the run failed (exit 1)."""
+
+    def __init__(self) -> None:
+        self.started = False
+
+    def start(self) -> None:
+        self.started = True
+
+
+def started(args: argparse.Namespace) -> None:
+    """Mark the command's work as begun (see RunStage)."""
+    stage = getattr(args, "stage", None)
+    if stage is not None:
+        stage.start()
+
+
+def finish(args: argparse.Namespace, failures: int) -> int:
+    """Exit status of a completed run with ``failures`` unreadable files: 0, or 1 with --strict."""
+    if failures and getattr(args, "strict", False):
+        print(f"--strict: {failures} file(s) could not be read", file=sys.stderr)
+        return EXIT_RUN_FAILED
+    return EXIT_OK
+
+
+def add_strict_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--strict", action="store_true",
+                        help="exit 1 when any file could not be read (default: 0 once the run completes; "
+                             "the failures are reported and counted)")
 
 
 def parse_classes(value: str | None) -> list[str] | None:
@@ -67,15 +120,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return f"{row['label']} {row['confidence']:.3f}{flag}" + (f"  | {candidates}" if candidates else "")
 
     return report_per_image(
-        args.images, lambda image: predictor.predict([image], top_k=args.top_k)[0].to_dict(), describe, args.json
+        args, lambda image: predictor.predict([image], top_k=args.top_k)[0].to_dict(), describe
     )
 
 
-def report_per_image(images, run, describe, as_json: bool) -> int:
-    """Run ``run(image) -> dict`` per image; a user error becomes that image's error row, never a stop.
+def report_per_image(args: argparse.Namespace, run, describe) -> int:
+    """Run ``run(image) -> dict`` per image of ``args.images``; a user error becomes that image's
+    error row, never a stop.
 
-    Prints JSON rows or one line per image (``describe(row)``); exit status 1 if any image failed.
+    Prints JSON rows (``--json``) or one line per image (``describe(row)``); exit status by
+    :func:`finish` (0, or 1 with --strict when any image failed).
     """
+    started(args)
+    images, as_json = args.images, args.json
     rows, failures = [], 0
     for image in images:
         try:
@@ -91,7 +148,9 @@ def report_per_image(images, run, describe, as_json: bool) -> int:
                 print(f"{row['path']}: error: {row['error']}")
             else:
                 print(f"{row['path']}: {describe(row)}")
-    return 1 if failures else 0
+        if failures:
+            print(f"{len(rows) - failures} of {len(rows)} images done, {failures} could not be read")
+    return finish(args, failures)
 
 
 # --- models --------------------------------------------------------------------------------
@@ -171,6 +230,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     bars: dict[str, tqdm] = {}
 
     def progress(name: str, done: int, total: int) -> None:
+        started(args)  # images are being read: from here a failure is the run's, not the usage's
         bar = bars.get(name)
         if bar is None:
             bar = bars[name] = tqdm(total=total, desc=name, unit="img", file=sys.stderr, disable=args.quiet)
@@ -201,14 +261,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"wrote {ev.save_json(bundle, args.out)}")
     if args.html:
         print(f"wrote {ev.save_html(bundle, args.html)}")
-    return 0
+    return finish(args, max((report["summary"]["errors"] for report in bundle["models"]), default=0))
 
 
 # --- batch -----------------------------------------------------------------------------------
 def cmd_batch(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from wildid.batch import export_json, iter_batch, sort_into
+    from wildid.batch import export_json, iter_batch, iter_results, sort_into
 
     if args.sort_into and Path(args.sort_into).expanduser().resolve().is_relative_to(Path(args.folder).expanduser().resolve()):
         raise WildidError("--sort-into must lie outside the folder being classified")
@@ -223,7 +283,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
         threshold=args.threshold, workers=args.workers, batch_size=args.batch_size,
         sequence_gap=args.sequence_gap, top_k=args.top_k, exclude=exclude, regions=regions,
     )
-    first = next(steps)
+    first = next(steps)  # every check that can refuse the run has passed; nothing is written yet
+    started(args)
     with tqdm(total=first.total, initial=first.done, unit="img", desc="classifying", dynamic_ncols=True,
               disable=args.quiet) as bar:
         last = first
@@ -247,7 +308,23 @@ def cmd_batch(args: argparse.Namespace) -> int:
     if args.sort_into:
         sorted_counts = sort_into(out, args.sort_into, args.sort_mode, args.empty_threshold)
         print(f"{args.sort_mode}: {sum(sorted_counts.values())} files into {args.sort_into}")
-    return 1 if statuses.get("error") else 0
+    failures = statuses.get("error", 0)
+    if args.strict and first.done and out.exists():  # resumed: error rows of the earlier runs count too
+        failures = sum(row["status"] == "error" for row in iter_results(out))
+    return finish(args, failures)
+
+
+def empty_threshold_arg(text: str) -> float | None:
+    """--empty-threshold: a number in [0, 1], or ``off`` (no frame is treated as empty)."""
+    if text.strip().lower() in ("off", "none"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a number in [0, 1] nor 'off'") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{value} is outside [0, 1]")
+    return value
 
 
 def add_region_options(parser: argparse.ArgumentParser) -> None:
@@ -311,6 +388,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     def progress(p) -> None:
         nonlocal bar
+        started(args)  # images are being read: a failure from here on is the run's
         if p.stage == "features":
             if bar is None:
                 bar = tqdm(total=p.total, initial=p.done, unit="img", desc="features" if args.mode == "linear"
@@ -345,7 +423,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"  {label.ljust(width)}  P {row['precision']:.3f}  R {row['recall']:.3f}  F1 {row['f1']:.3f}  n {row['support']}")
     print(f"saved {result.card.name} ({result.card.arch}, {config.mode}) to {result.card.folder} "
           f"in {result.seconds:.1f} s")
-    return 0
+    return finish(args, summary["skipped"])
 
 
 # --- review ----------------------------------------------------------------------------------
@@ -422,6 +500,7 @@ def cmd_gallery(args: argparse.Namespace) -> int:
     gallery = reid.Gallery.open_or_create(args.gallery, embedder.card)
     gallery.check_model(embedder.card)
     total = sum(len(v) for v in folders.values())
+    started(args)
     with tqdm(total=total, unit="img", desc=f"gallery {gallery.name}", disable=args.quiet, dynamic_ncols=True) as bar:
         report = reid.add_folder(gallery, args.folder, embedder, progress=bar.update)
     for failure in report.failed:
@@ -431,7 +510,7 @@ def cmd_gallery(args: argparse.Namespace) -> int:
     print(f"added {len(report.added)} images ({len(report.skipped)} already there, {len(report.failed)} unreadable) "
           f"to gallery {gallery.name}: {summary['individuals']} individuals, {summary['images']} images; "
           f"threshold {threshold:.3f} ({gallery.meta.get('threshold_source')})")
-    return 0
+    return finish(args, len(report.failed))
 
 
 def cmd_identify(args: argparse.Namespace) -> int:
@@ -452,7 +531,7 @@ def cmd_identify(args: argparse.Namespace) -> int:
                                  aggregate=args.aggregate)
         return result.to_dict()
 
-    return report_per_image(args.images, run, describe, args.json)
+    return report_per_image(args, run, describe)
 
 
 def cmd_train_reid(args: argparse.Namespace) -> int:
@@ -467,6 +546,7 @@ def cmd_train_reid(args: argparse.Namespace) -> int:
         raise WildidError(f"{out} already holds a trained model; pick another --out or pass --overwrite")
 
     def progress(row: dict) -> None:
+        started(args)
         if args.quiet:
             return
         loss = "-" if row["epoch"] == 0 else f"{row['loss']:.3f}"
@@ -530,14 +610,16 @@ def cmd_calibrate_scope(args: argparse.Namespace) -> int:
 
 # --- parser ------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="wildid", description="Identify animals from images.")
+    parser = argparse.ArgumentParser(prog="wildid", description="Identify animals from images.",
+                                     epilog=EXIT_STATUS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("predict", help="classify one or more images")
     p.add_argument("images", nargs="+", help="image files")
     add_model_options(p)
-    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--top-k", type=int, default=defaults.TOP_K)
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    add_strict_option(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("calibrate-scope", help="give a model an out-of-scope check from its labelled data")
@@ -590,12 +672,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--truth", help="CSV path,label of true labels for a results CSV")
     p.add_argument("--population", help="full results CSV whose predicted-class proportions correct the metrics")
     p.add_argument("--crops", action="store_true", help="compare full-frame vs cropped (labelled CSV with a crop column)")
-    p.add_argument("--threshold", type=float, default=0.9, help="accept predictions with confidence >= this")
+    p.add_argument("--threshold", type=float, default=defaults.EVALUATE_THRESHOLD,
+                   help=f"accept predictions with confidence >= this (default {defaults.EVALUATE_THRESHOLD})")
     p.add_argument("--backend", choices=("torch", "onnx"), default="torch")
     p.add_argument("--out", help="write the report as JSON")
     p.add_argument("--html", help="write a self-contained HTML report (works offline)")
     add_region_options(p)
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    add_strict_option(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("batch", help="classify a folder of images into a results CSV (resumable)")
@@ -603,21 +687,26 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_options(p)
     p.add_argument("--out", "-o", default="results.csv", help="results CSV (default results.csv)")
     p.add_argument("--threshold", type=float, default=None, help="accept at or above this confidence (default: the card's)")
-    p.add_argument("--recursive", "-r", action="store_true", help="include sub-folders")
+    p.add_argument("--recursive", "-r", action=argparse.BooleanOptionalAction, default=defaults.RECURSIVE,
+                   help="include sub-folders (default: yes; --no-recursive for the folder's own files only)")
     p.add_argument("--resume", action="store_true", help="finish an interrupted run: skip files already in --out")
     p.add_argument("--overwrite", action="store_true", help="start again, replacing an existing --out")
-    p.add_argument("--workers", type=int, default=2, help="decode threads (default 2)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--top-k", type=int, default=5)
-    p.add_argument("--empty-threshold", type=float, default=None,
-                   help="empty_score at or above this = likely empty: no detection in the JSON, sorted into _empty/ "
-                        "(try 0.9; default: no frame is treated as empty)")
-    p.add_argument("--sequence-gap", type=float, default=60.0, help="seconds between frames of one sequence")
+    p.add_argument("--workers", type=int, default=defaults.DECODE_WORKERS,
+                   help=f"decode threads (default {defaults.DECODE_WORKERS})")
+    p.add_argument("--batch-size", type=int, default=defaults.BATCH_SIZE)
+    p.add_argument("--top-k", type=int, default=defaults.TOP_K)
+    p.add_argument("--empty-threshold", type=empty_threshold_arg, default=defaults.EMPTY_THRESHOLD,
+                   help=f"empty_score at or above this = likely empty: no detection in the JSON, sorted into _empty/, "
+                        f"counted in the summary (default {defaults.EMPTY_THRESHOLD}, as on the Batch page; "
+                        f"'off': no frame is treated as empty). The CSV always keeps every row")
+    p.add_argument("--sequence-gap", type=float, default=defaults.SEQUENCE_GAP,
+                   help="seconds between frames of one sequence")
     p.add_argument("--json-out", help="also write MegaDetector/Timelapse-style JSON here")
     p.add_argument("--sort-into", help="copy (or symlink) files into DIR/<label>/ after classifying")
     p.add_argument("--sort-mode", choices=("copy", "symlink"), default="copy", help="never moves files")
     add_region_options(p)
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    add_strict_option(p)
     p.set_defaults(func=cmd_batch)
 
     p = sub.add_parser("train", help="transfer learning from labelled images (ImageFolder or CSV)")
@@ -646,6 +735,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a trained model in --out")
     add_region_options(p)
     p.add_argument("--quiet", "-q", action="store_true")
+    add_strict_option(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("review", help="reviewed labels: merge into a final data set, export a training set")
@@ -670,6 +760,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model", "-m", help="embedding model (default: the gallery's, or the only one installed)")
     g.add_argument("--backend", choices=("torch", "onnx"), default="torch")
     g.add_argument("--quiet", "-q", action="store_true")
+    add_strict_option(g)
     g = gallery_sub.add_parser("list", help="list galleries")
     g.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_gallery)
@@ -685,6 +776,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per individual: best image, or mean of its top 3 images")
     p.add_argument("--backend", choices=("torch", "onnx"), default="torch")
     p.add_argument("--json", action="store_true")
+    add_strict_option(p)
     p.set_defaults(func=cmd_identify)
 
     p = sub.add_parser("train-reid", help="learn a re-ID embedding (batch-hard triplet loss) from individual folders")
@@ -720,20 +812,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate_reid)
 
+    # Every command follows the one exit-status rule: each command's --help shows it too.
+    commands = [*sub.choices.values(), *gallery_sub.choices.values(), *review_sub.choices.values(),
+                *export_sub.choices.values()]
+    for command in commands:
+        command.epilog = EXIT_STATUS_HELP
+        command.formatter_class = argparse.RawDescriptionHelpFormatter
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # bad options: argparse prints usage and exits 2
+    args.stage = RunStage()
     try:
         return int(args.func(args) or 0)
     except WildidError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        return EXIT_RUN_FAILED if args.stage.started else EXIT_USAGE
+    except OSError as exc:  # the file system refused something the checks could not foresee
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return EXIT_RUN_FAILED if args.stage.started else EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

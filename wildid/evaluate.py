@@ -30,7 +30,7 @@ from typing import Any, BinaryIO, Callable, Mapping, Sequence, Union
 
 import numpy as np
 
-from wildid import datasets
+from wildid import datasets, defaults
 from wildid import metrics as M
 from wildid.datasets import Sample
 from wildid.errors import DataError, ImageError, WildidError
@@ -39,7 +39,7 @@ from wildid.imaging import load_image
 
 CsvSource = Union[str, os.PathLike, BinaryIO, io.StringIO]
 Progress = Callable[[int, int], None]
-DEFAULT_THRESHOLD = 0.9
+DEFAULT_THRESHOLD = defaults.EVALUATE_THRESHOLD  # the Dashboard page and `wildid evaluate`
 HOVER_FILES = 5
 
 

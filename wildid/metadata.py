@@ -17,6 +17,8 @@ from typing import Hashable, Iterable
 
 from PIL import Image
 
+from wildid import defaults
+
 EXIF_IFD = 0x8769
 TAG_MAKE = 271
 TAG_MODEL = 272
@@ -26,7 +28,7 @@ TAG_DATETIME_ORIGINAL = 36867
 TAG_DATETIME_DIGITIZED = 36868
 TAG_OFFSET_TIME_ORIGINAL = 36881
 
-DEFAULT_SEQUENCE_GAP = 60.0  # seconds between frames of one burst / visit
+DEFAULT_SEQUENCE_GAP = defaults.SEQUENCE_GAP  # seconds between frames of one burst / visit
 
 _EXIF_DATETIME = re.compile(r"^\s*(\d{4})[:\-/](\d{2})[:\-/](\d{2})[ T](\d{2}):(\d{2}):(\d{2})")
 _OFFSET = re.compile(r"^([+-])(\d{2}):?(\d{2})$")

@@ -526,19 +526,29 @@ def _sha256(path: Path) -> str:
 
 
 def _copy_new(source: Path, folder: Path, name: str) -> Path:
-    """Copy to ``folder/name`` without ever overwriting: reuse an identical file, else pick a free name."""
+    """Copy to ``folder/name`` without ever overwriting: reuse an identical file, else pick a free name.
+
+    The bytes go to a hidden temporary file first and are linked under the real name once
+    complete (a link, unlike a rename, fails when the name is taken), so a kill mid-copy never
+    leaves a truncated image under a name the retry would then keep apart as "different".
+    """
     stem, suffix = os.path.splitext(name)
-    for attempt in range(10_000):
-        dest = folder / (name if attempt == 0 else f"{stem}-{attempt}{suffix}")
-        try:
-            with open(source, "rb") as src, open(dest, "xb") as dst:
-                shutil.copyfileobj(src, dst)
-        except FileExistsError:
-            if dest.resolve() == source.resolve() or _same_file_content(dest, source):
-                return dest
-            continue
-        shutil.copystat(source, dest)
-        return dest
+    part = folder / f".{name}.part-{os.getpid()}"
+    with open(source, "rb") as src, open(part, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    shutil.copystat(source, part)
+    try:
+        for attempt in range(10_000):
+            dest = folder / (name if attempt == 0 else f"{stem}-{attempt}{suffix}")
+            try:
+                _publish(part, dest)
+            except FileExistsError:
+                if dest.resolve() == source.resolve() or _same_file_content(dest, source):
+                    return dest
+                continue
+            return dest
+    finally:
+        part.unlink(missing_ok=True)
     raise DataError(f"cannot find a free file name for {name} in {folder}")
 
 
@@ -551,6 +561,18 @@ def _confined(source: Path, root: Path) -> str:
     if not is_image_file(source):
         return f"{Path(source).name}: not an image file (only images are exported)"
     return ""
+
+
+def _publish(part: Path, dest: Path) -> None:
+    """Give the complete file ``part`` the name ``dest``; FileExistsError when the name is taken."""
+    try:
+        os.link(part, dest)
+    except FileExistsError:
+        raise
+    except OSError:  # no hard links here (FAT / exFAT card, some network shares): exclusive create + copy
+        with open(part, "rb") as src, open(dest, "xb") as dst:
+            shutil.copyfileobj(src, dst)
+        shutil.copystat(part, dest)
 
 
 def training_rows(results_path: Path, include_auto: bool = False) -> pd.DataFrame:

@@ -4,8 +4,9 @@ import re
 import zipfile
 
 import pytest
+from playwright.sync_api import expect
 
-from tests.browser.conftest import screenshot, wait_for_app
+from tests.browser.conftest import next_frame, screenshot, wait_for_app
 from tests.imagegen import class_image, write
 
 pytestmark = pytest.mark.browser
@@ -29,22 +30,21 @@ def test_batch_folder_shows_table_and_downloads(page, app_url, browser_workdir):
     page.get_by_text("Download CSV").wait_for()
     wait_for_app(page)
     assert page.get_by_test_id("stMetric").filter(has_text="Files").inner_text().endswith("10")
-    hide = page.get_by_test_id("stCheckbox").filter(has_text=re.compile(r"Hide \d+ likely empty"))
-    if hide.count():
-        hide.first.click()  # show every row, also the likely-empty ones
+    hide = page.get_by_test_id("stCheckbox").filter(has_text=re.compile(r"Hide \d+ likely empty")).first
+    hide.click()  # show every row, also the likely-empty ones (hidden by default, as wildid.defaults says)
     wait_for_app(page)
-    assert page.get_by_test_id("stDataFrame").count() >= 1
-    assert page.get_by_test_id("stDownloadButton").count() == 2
+    expect(page.get_by_test_id("stDataFrame").first).to_be_visible()
+    expect(page.get_by_test_id("stDownloadButton")).to_have_count(2)
     page.set_viewport_size({"width": 1280, "height": 2000})  # the app scrolls inside its own pane
     wait_for_app(page)
-    page.wait_for_timeout(800)
+    next_frame(page)
     screenshot(page, "batch")
 
     # Camtrap DP: the export button builds the package, says what to fill in, and downloads a zip
     page.get_by_role("button", name="Export Camtrap DP").click()
     page.get_by_text("Download Camtrap DP (zip)").wait_for()
     wait_for_app(page)
-    assert page.get_by_text(re.compile(r"latitude / longitude \(WGS84\) of cam1")).count() >= 1
+    page.get_by_text(re.compile(r"latitude / longitude \(WGS84\) of cam1")).first.wait_for()
     with page.expect_download() as download_info:
         page.get_by_text("Download Camtrap DP (zip)").click()
     saved = browser_workdir / "camtrap-dp.zip"

@@ -3,6 +3,7 @@
 import re
 
 import pytest
+from playwright.sync_api import expect
 
 from tests.browser.conftest import screenshot, wait_for_app
 from tests.test_dashboard_page import make_results_with_journal
@@ -27,7 +28,7 @@ def test_dashboard_heatmap_and_cell_click(page, app_url, browser_workdir):
     wait_for_app(page)
     heatmap = page.locator(".js-plotly-plot .heatmaplayer").first
     heatmap.wait_for()
-    assert page.locator(".js-plotly-plot .heatmaplayer").count() == 1
+    expect(page.locator(".js-plotly-plot .heatmaplayer")).to_have_count(1)
     chart = page.locator(".js-plotly-plot").filter(has=page.locator(".heatmaplayer")).first
     assert "Confusion matrix: tiny" in chart.inner_text()
     page.get_by_text("true bobcat → predicted gray fox").first.wait_for()  # the cell picker's first error cell

@@ -3,8 +3,9 @@
 import re
 
 import pytest
+from playwright.sync_api import expect
 
-from tests.browser.conftest import screenshot, select_model, wait_for_app
+from tests.browser.conftest import scaled, screenshot, select_model, wait_for_app
 from tests.imagegen import class_image
 
 pytestmark = pytest.mark.browser
@@ -25,7 +26,7 @@ def test_identify_upload_shows_species_and_facts(page, app_url, tmp_path):
     page.get_by_text(re.compile(r"Bobcat · Lynx rufus")).first.wait_for()
     page.get_by_text(re.compile(r"Habitat:")).first.wait_for()
     page.locator(".js-plotly-plot").first.wait_for()
-    assert page.locator(".js-plotly-plot").count() == 1
+    expect(page.locator(".js-plotly-plot")).to_have_count(1)
     assert page.get_by_test_id("stException").count() == 0
     # Streamlit scrolls inside its own container, so a taller window shows the facts card too.
     page.set_viewport_size({"width": 1280, "height": 1500})
@@ -38,7 +39,7 @@ def test_identify_on_a_phone_width_screen(browser, app_url, tmp_path):
     class_image("dark", seed=201, size=(320, 240)).save(photo, quality=92)
     context = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2)
     page = context.new_page()
-    page.set_default_timeout(60_000)
+    page.set_default_timeout(scaled(60_000))
     try:
         page.goto(app_url)
         wait_for_app(page)

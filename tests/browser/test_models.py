@@ -1,6 +1,7 @@
 """Browser: the Models page lists the installed models and explains a slot without weights."""
 
 import pytest
+from playwright.sync_api import expect
 
 from tests.browser.conftest import screenshot, wait_for_app
 
@@ -18,6 +19,6 @@ def test_models_page_lists_models(page, app_url):
     page.get_by_text("Model card: Tiny test_resnet test model").wait_for()
     page.get_by_text("has no weights yet").first.wait_for()
     # Sidebar navigation and the model picker are there on a deep link too.
-    assert page.get_by_test_id("stSidebarNav").get_by_text("Identify").count() == 1
+    expect(page.get_by_test_id("stSidebarNav").get_by_text("Identify")).to_have_count(1)
     assert page.get_by_test_id("stException").count() == 0
     screenshot(page, "models")

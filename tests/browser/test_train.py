@@ -3,27 +3,10 @@
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.conftest import screenshot, wait_for_app
+from tests.browser.conftest import choose_option, next_frame, scaled, screenshot, wait_for_app
 from tests.imagegen import CLASS_STYLES, class_image
 
 pytestmark = pytest.mark.browser
-
-
-def choose(page, label: str, option_text: str) -> None:
-    """Pick an option of a select box by typing it and pressing Enter.
-
-    Typing goes to the focused input, which survives a re-render; clicking an option in the
-    open list failed when the list re-rendered under the pointer on a loaded machine.
-    """
-    box = page.get_by_role("combobox", name=label)
-    for _ in range(5):
-        box.click()
-        box.fill(option_text)
-        page.keyboard.press("Enter")
-        page.wait_for_timeout(300)
-        if option_text in box.input_value():
-            return
-    raise AssertionError(f"could not choose {option_text!r} in {label!r} (shows {box.input_value()!r})")
 
 
 def test_train_tiny_linear_model(page, app_url, browser_workdir, browser_models_root):
@@ -35,7 +18,7 @@ def test_train_tiny_linear_model(page, app_url, browser_workdir, browser_models_
 
     # Enter through the app's front page and the sidebar navigation, as a user would.
     page.goto(app_url)
-    page.get_by_test_id("stSidebar").get_by_test_id("stSelectbox").wait_for(timeout=120_000)
+    page.get_by_test_id("stSidebar").get_by_test_id("stSelectbox").wait_for(timeout=scaled(120_000))
     wait_for_app(page)
     page.get_by_test_id("stSidebarNav").get_by_text("Train", exact=True).click()
     page.get_by_label("Labelled data (folder or CSV on the server)").wait_for()
@@ -46,20 +29,22 @@ def test_train_tiny_linear_model(page, app_url, browser_workdir, browser_models_
     page.get_by_label("Epochs (0 = default for the mode)").fill("30")
     page.get_by_text("Advanced").click()
     page.get_by_label("Any timm architecture (overrides the choice above)").fill("test_resnet")
-    choose(page, "Pretrained weights", "none (random init")
+    choose_option(page, page.get_by_role("combobox", name="Pretrained weights"), "none (random init",
+                  "Pretrained weights")
     page.get_by_text("Advanced").click()  # fold it again for a tidy screenshot
     page.get_by_role("button", name="Train").click()
 
-    page.get_by_text("Saved model browser-trained").wait_for(timeout=180_000)
+    page.get_by_text("Saved model browser-trained").wait_for(timeout=scaled(180_000))
     wait_for_app(page)
     assert (browser_models_root / "browser-trained" / "model.safetensors").is_file()
-    assert page.get_by_text("Mean accuracy").count() >= 1
-    expect(page.locator(".js-plotly-plot")).to_have_count(2, timeout=30_000)  # curves + confusion matrix
+    page.get_by_text("Mean accuracy").first.wait_for()
+    expect(page.locator(".js-plotly-plot")).to_have_count(2, timeout=scaled(30_000))  # curves + confusion matrix
     expect(page.get_by_text("Confusion matrix (held-out folds)")).to_have_count(1)
     # the sidebar picker lists the new model right away
     page.get_by_test_id("stSidebar").get_by_test_id("stSelectbox").click()
-    assert page.get_by_role("option").filter(has_text="browser-trained").count() == 1
+    expect(page.get_by_role("option").filter(has_text="browser-trained")).to_have_count(1)
     page.keyboard.press("Escape")
     page.set_viewport_size({"width": 1280, "height": 1900})  # the app scrolls inside its own container
-    page.wait_for_timeout(1500)
+    wait_for_app(page)
+    next_frame(page)
     screenshot(page, "train")

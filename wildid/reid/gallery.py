@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import datetime as _dt
 import hashlib
+import io
 import json
 import os
 import re
@@ -122,6 +123,11 @@ class Gallery:
         if (folder / GALLERY_FILE).exists():
             raise DataError(f"gallery {name!r} already exists in {folder}")
         folder.mkdir(parents=True, exist_ok=True)
+        # The index (header) first, gallery.json last: gallery.json is what makes the folder a
+        # gallery, so a kill in between leaves a folder that the next create simply finishes.
+        with (folder / INDEX_FILE).open("w", newline="", encoding="utf-8") as handle:
+            csv.writer(handle).writerow(INDEX_COLUMNS)
+            _sync(handle)
         meta = {
             "name": name,
             "model": card.name,
@@ -133,8 +139,6 @@ class Gallery:
             "threshold_source": "model card",
         }
         _write_json_atomic(folder / GALLERY_FILE, meta)
-        with (folder / INDEX_FILE).open("w", newline="", encoding="utf-8") as handle:
-            csv.writer(handle).writerow(INDEX_COLUMNS)
         return cls(folder)
 
     @classmethod
@@ -274,6 +278,8 @@ class Gallery:
             for offset, (data, label, _) in enumerate(payloads):
                 row = start + offset
                 target = image_dir / f"{row:06d}-{_safe_filename(label)}"
+                if target.exists():  # left by an add killed before its embeddings were stored: no index
+                    target.unlink()  # row refers to it (rows >= the stored count are never referenced)
                 _write_new(target, data)
                 new_entries.append(
                     GalleryEntry(individual, target.relative_to(self.folder).as_posix(), stamp, _sha1(data), row, label)
@@ -283,11 +289,20 @@ class Gallery:
             tmp = stored_path.with_suffix(".npy.tmp")
             with tmp.open("wb") as handle:
                 np.save(handle, combined.astype(np.float32))
+                _sync(handle)
             tmp.replace(stored_path)
-            with (self.folder / INDEX_FILE).open("a", newline="", encoding="utf-8") as handle:
-                writer = csv.writer(handle)
-                for entry in new_entries:
-                    writer.writerow([entry.individual, entry.image, entry.added_at, entry.sha1, entry.row, entry.source])
+            index_path = self.folder / INDEX_FILE
+            _drop_torn_last_line(index_path)  # a kill mid-append: the next rows start on a line of their own
+            lines = io.StringIO(newline="")
+            if not index_path.is_file() or index_path.stat().st_size == 0:
+                csv.writer(lines).writerow(INDEX_COLUMNS)
+            csv.writer(lines).writerows(
+                [entry.individual, entry.image, entry.added_at, entry.sha1, entry.row, entry.source]
+                for entry in new_entries
+            )
+            with index_path.open("a", newline="", encoding="utf-8") as handle:
+                handle.write(lines.getvalue())  # one write: a kill leaves at most one torn last line
+                _sync(handle)
             report.added.extend(new_entries)
             self._entries = None
             self._embeddings = None
@@ -435,8 +450,10 @@ def identify(
 def _read_index(path: Path) -> list[GalleryEntry]:
     if not path.is_file():
         return []
-    with path.open(newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if text and not text.endswith("\n"):  # a torn last line (killed mid-append): not a row yet
+        text = text[: text.rfind("\n") + 1]
+    rows = list(csv.DictReader(io.StringIO(text, newline="")))
     entries = []
     for row in rows:
         try:
@@ -449,8 +466,25 @@ def _read_index(path: Path) -> list[GalleryEntry]:
 
 def _write_json_atomic(path: Path, data: dict) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    with tmp.open("w", encoding="utf-8") as handle:
+        handle.write(json.dumps(data, indent=2) + "\n")
+        _sync(handle)
     tmp.replace(path)
+
+
+def _sync(handle) -> None:
+    handle.flush()
+    os.fsync(handle.fileno())
+
+
+def _drop_torn_last_line(path: Path) -> None:
+    """Cut a half-written last line (no newline at the end) off an append-only CSV."""
+    if not path.is_file():
+        return
+    with path.open("rb+") as handle:
+        data = handle.read()
+        if data and not data.endswith(b"\n"):
+            handle.truncate(data.rfind(b"\n") + 1)
 
 
 def _write_new(path: Path, data: bytes) -> None:
