@@ -51,7 +51,10 @@ COLUMNS = (
     "path", "relpath", "label", "confidence", "top_k", "status", "error", "empty_score",
     "width", "height", "mean_intensity", "laplacian_var", "dark", "overexposed", "blurry",
     "datetime", "camera", "sequence_id", "model", "model_version",
+    "rank", "taxon", "taxon_confidence",
 )
+# The columns before rank / taxon were added: such a file cannot be resumed (rows would not line up).
+COLUMNS_BEFORE_TAXON = COLUMNS[:-3]
 STATUSES = ("accepted", "review", "error")
 SORT_MODES = ("copy", "symlink")
 # Test hook: seconds to sleep after each written batch, so a test can kill the process mid-run.
@@ -137,6 +140,9 @@ def read_done_paths(out: Path | str, repair: bool = True) -> tuple[set[str], str
         header = next(reader, None)
         if header is None:
             return set(), None
+        if tuple(header) == COLUMNS_BEFORE_TAXON:
+            raise DataError(f"{out}: written by an older wildid without the rank and taxon columns; "
+                            "choose another --out or pass --overwrite")
         if tuple(header) != COLUMNS:
             raise DataError(f"{out}: not a wildid results file (unexpected columns); choose another --out")
         path_col, model_col = COLUMNS.index("path"), COLUMNS.index("model")
@@ -440,6 +446,7 @@ def _rows_for(entries: list[tuple[Decoded, FolderPlan]], predictor, root: Path, 
             "datetime": meta.iso_datetime, "camera": meta.camera,
             "sequence_id": plan.sequence_ids.get(decoded.path, ""),
             "model": card.name, "model_version": card.version,
+            "rank": "", "taxon": "", "taxon_confidence": None,
         }
         prediction = predictions.get(decoded.path)
         if prediction is not None:
@@ -449,6 +456,8 @@ def _rows_for(entries: list[tuple[Decoded, FolderPlan]], predictor, root: Path, 
                 top_k=json.dumps([[label, round(p, 6)] for label, p in prediction.top_k]),
                 status="accepted" if prediction.confidence >= threshold else "review",
                 empty_score=background.empty_score(decoded.thumb, plan.background),
+                rank=prediction.rank, taxon=prediction.taxon,
+                taxon_confidence=round(prediction.taxon_confidence, 6) if prediction.taxon else None,
                 width=size[0], height=size[1],
                 **decoded.quality,
             )
@@ -474,9 +483,10 @@ def results_frame(csv_path: Path | str):
     import pandas as pd
 
     frame = pd.read_csv(csv_path, dtype={"label": str, "error": str, "camera": str, "sequence_id": str,
-                                         "datetime": str, "model_version": str, "top_k": str},
+                                         "datetime": str, "model_version": str, "top_k": str, "rank": str, "taxon": str},
                         keep_default_na=False, na_values={c: [""] for c in (
-                            "confidence", "empty_score", "width", "height", "mean_intensity", "laplacian_var")})
+                            "confidence", "empty_score", "width", "height", "mean_intensity", "laplacian_var",
+                            "taxon_confidence")})
     for column in ("dark", "overexposed", "blurry"):
         frame[column] = frame[column].map({"True": True, "False": False, True: True, False: False})
     return frame

@@ -27,22 +27,45 @@ from torch import nn
 
 from wildid.cards import ModelCard
 from wildid.imaging import ImageSource, load_image, to_channel_mode
+from wildid.taxonomy import RollUp
 
 BACKENDS = ("torch", "onnx")
 
 
 @dataclass(frozen=True)
 class Prediction:
+    """Top class and top-k, plus the answer at the rank the evidence supports.
+
+    ``rank`` / ``taxon`` / ``taxon_confidence``: for a top class at or above the card's
+    threshold, the class's own taxon (e.g. species ``Felis catus`` for "tabby"; empty when
+    the model has no taxonomy for it); below the threshold, the lowest taxon whose summed
+    probability reaches it (``closest`` = its most probable classes), or empty when none does.
+    """
+
     label: str
     confidence: float
     top_k: tuple[tuple[str, float], ...]
     model: str
     card: ModelCard = field(repr=False, compare=False)
+    rank: str = ""
+    taxon: str = ""
+    taxon_confidence: float = 0.0
+    closest: tuple[str, ...] = ()
+
+    @property
+    def species_confident(self) -> bool:
+        """The top class itself reaches the card's threshold."""
+        return self.confidence >= self.card.threshold
+
+    @property
+    def rolled_up(self) -> bool:
+        """No class is sure enough, but a higher taxon (genus ... class) is: answer with that."""
+        return not self.species_confident and bool(self.taxon)
 
     @property
     def uncertain(self) -> bool:
-        """Below the card's threshold: show candidates, never a confident answer."""
-        return self.confidence < self.card.threshold
+        """No answer at any rank: show candidates, never a confident answer."""
+        return not self.species_confident and not self.taxon
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -52,6 +75,11 @@ class Prediction:
             "top_k": [{"label": label, "score": round(score, 6)} for label, score in self.top_k],
             "model": self.model,
             "model_version": self.card.version,
+            "rank": self.rank,
+            "taxon": self.taxon,
+            "taxon_confidence": round(self.taxon_confidence, 6),
+            "rolled_up": self.rolled_up,
+            "closest": list(self.closest),
         }
 
 
@@ -120,6 +148,7 @@ class BasePredictor:
         self.batch_size = batch_size
         self.transform = build_transform(card)
         self.draft_size = draft_size_for(card)
+        self.rollup = RollUp.for_card(card)
 
     # --- preprocess ------------------------------------------------------------------
     def load(self, source: ImageSource) -> Image.Image:
@@ -141,10 +170,13 @@ class BasePredictor:
     def postprocess(self, probs: np.ndarray, top_k: int = 5) -> list[Prediction]:
         k = max(1, min(top_k, probs.shape[1]))
         order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        # Every back end, page and command passes through here: the one place that rolls up.
+        answers = self.rollup.answers(probs, self.card.threshold)
         out = []
-        for row, idx in zip(probs, order):
+        for row, idx, answer in zip(probs, order, answers):
             ranked = tuple((self.card.classes[i], float(row[i])) for i in idx)
-            out.append(Prediction(ranked[0][0], ranked[0][1], ranked, self.card.name, self.card))
+            out.append(Prediction(ranked[0][0], ranked[0][1], ranked, self.card.name, self.card, rank=answer.rank,
+                                  taxon=answer.taxon, taxon_confidence=answer.confidence, closest=answer.closest))
         return out
 
     def predict(self, images: Sequence[ImageSource] | ImageSource, top_k: int = 5) -> list[Prediction]:
