@@ -180,6 +180,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             line += f", {s['errors']} unreadable"
         print(line)
         print(f"  {report['threshold']['text']}")
+        if report.get("ranks"):
+            from wildid.metrics import rank_text
+
+            print(f"  {rank_text(report['ranks'])}")
         if report.get("corrected"):
             c = report["corrected"]["summary"]
             print(f"  class-proportion corrected: accuracy {c['accuracy']:.3f}, macro-F1 {c['macro_f1']:.3f}, "

@@ -55,6 +55,11 @@ class Run:
     population: dict[str, int] | None = None  # predicted-label counts of the full set (for the correction)
     source: str = ""
     notes: list[str] = field(default_factory=list)
+    # The answer per item: its rank ("species" ... "class", "label" without a taxonomy, "uncertain")
+    # and taxon; empty when the source does not say (a results table from before the rank column).
+    ranks: list[str] = field(default_factory=list)
+    taxa: list[str] = field(default_factory=list)
+    taxonomy: Any = None  # wildid.taxonomy.Taxonomy: resolves true labels to lineages
 
 
 def check_allowed(path: str | os.PathLike) -> Path:
@@ -102,9 +107,11 @@ def run_predictor(
     """Classify every labelled item; unreadable files are recorded in ``errors``, not raised."""
     import torch
 
+    from wildid.taxonomy import taxonomy_for
+
     card = predictor.card
     run = Run(name=name or card.name, paths=[], y_true=[], y_pred=[], confidence=[], classes=tuple(card.classes),
-              source=f"{len(items)} labelled images")
+              source=f"{len(items)} labelled images", taxonomy=taxonomy_for(card))
     size = batch_size or getattr(predictor, "batch_size", 16)
     done = 0
     if progress:
@@ -127,6 +134,8 @@ def run_predictor(
                 run.y_true.append(item.label)
                 run.y_pred.append(pred.label)
                 run.confidence.append(float(pred.confidence))
+                run.ranks.append("uncertain" if pred.uncertain else (pred.rank or "label"))
+                run.taxa.append(pred.taxon)
         done += len(chunk)
         if progress:
             progress(done, len(items))
@@ -205,6 +214,12 @@ def _run_from_pairs(name: str, results: list[dict[str, str]], pairs, n_truth: in
     ok_rows = [row for row in results if row.get("status", "") != "error"]
     population = dict(Counter(row["label"] for row in ok_rows if row.get("label")))
     run = Run(name=name, paths=[], y_true=[], y_pred=[], confidence=[], population=population, source=source)
+    card = _card(_model_name(results, ""))
+    has_ranks = bool(results) and "rank" in results[0] and "taxon" in results[0]
+    if card is not None:
+        from wildid.taxonomy import taxonomy_for
+
+        run.taxonomy = taxonomy_for(card)
     for row, label in pairs:
         if row.get("status") == "error" or not row.get("label"):
             run.errors.append({"path": row["path"], "error": row.get("error") or "not classified"})
@@ -218,6 +233,9 @@ def _run_from_pairs(name: str, results: list[dict[str, str]], pairs, n_truth: in
         run.y_true.append(label)
         run.y_pred.append(row["label"])
         run.confidence.append(confidence)
+        if has_ranks:
+            run.ranks.append(_answer_rank(row, confidence, card))
+            run.taxa.append(row["taxon"])
     if not pairs:
         raise DataError(f"{source}: no true label matches a file in the results (compare the path columns)")
     if len(pairs) < n_truth:
@@ -243,14 +261,56 @@ def from_results(results: CsvSource, truth: CsvSource, name: str | None = None) 
 
 def _card_classes(model: str) -> tuple[str, ...]:
     """The installed model's class order (for matrix rows), or () when the model is not installed."""
+    card = _card(model)
+    return tuple(card.classes) if card is not None else ()
+
+
+def _card(model: str):
     if not model:
-        return ()
+        return None
     from wildid.registry import find_card
 
     try:
-        return tuple(find_card(model).classes)
+        return find_card(model)
     except WildidError:
-        return ()
+        return None
+
+
+def _answer_rank(row: Mapping[str, str], confidence: float, card) -> str:
+    """The rank of a results row's answer: its taxon's rank, else "label" or "uncertain" by the card's threshold."""
+    if row.get("taxon"):
+        return row.get("rank") or "label"
+    threshold = card.threshold if card is not None else None
+    if threshold is not None:
+        return "label" if confidence >= threshold else "uncertain"
+    return "label" if row.get("status") == "accepted" else "uncertain"
+
+
+def correct_at_rank(true_label: str, predicted_label: str, rank: str, taxon: str, taxonomy=None) -> bool | None:
+    """Whether an answer is right at the rank it was given; None when the true label cannot be placed.
+
+    A class answer is right when it is the true class or shares its taxon at that rank (ImageNet
+    "tabby" for a "tiger cat" is the right species); a rolled-up answer when the true label lies
+    inside the answered taxon (a true "elk" inside Artiodactyla).
+    """
+    from wildid.taxonomy import resolve_label
+
+    if rank == "uncertain":
+        return None
+    if rank == "label" or not taxon:
+        return predicted_label == true_label
+    lineage = resolve_label(true_label, taxonomy)
+    if lineage is None:
+        return None
+    at_rank = lineage.at(rank)
+    if at_rank is not None:
+        return at_rank == taxon
+    # The true label is coarser than the answer ("Cervidae" for a species answer): an answer outside it
+    # is wrong; one inside it cannot be checked at its finer rank.
+    answered = resolve_label(taxon, taxonomy)
+    if answered is None:
+        return None
+    return None if answered.contains(lineage.name) else False
 
 
 def from_journal(results: str | os.PathLike, journal: CsvSource | None = None, name: str | None = None) -> Run:
@@ -284,6 +344,11 @@ def build_report(run: Run, threshold: float = DEFAULT_THRESHOLD, population: Map
     """All dashboard numbers for one run, JSON-friendly once passed through ``to_jsonable``."""
     labels = M.label_order(run.y_true, run.y_pred, run.classes)
     correct = [t == p for t, p in zip(run.y_true, run.y_pred)]
+    has_ranks = len(run.ranks) == len(run.y_pred) and bool(run.ranks)
+    ranks = run.ranks if has_ranks else [""] * len(run.y_pred)
+    taxa = run.taxa if has_ranks else [""] * len(run.y_pred)
+    at_rank = [correct_at_rank(t, p, r, x, run.taxonomy) if has_ranks else None
+               for t, p, r, x in zip(run.y_true, run.y_pred, ranks, taxa)]
     cm = M.confusion(run.y_true, run.y_pred, labels)
     cells: dict[str, list[str]] = {}
     for path, t, p in zip(run.paths, run.y_true, run.y_pred):
@@ -308,9 +373,11 @@ def build_report(run: Run, threshold: float = DEFAULT_THRESHOLD, population: Map
         "threshold": M.threshold_summary(correct, run.confidence, threshold),
         "calibration": M.reliability(correct, run.confidence),
         "corrected": corrected,
+        "ranks": M.rank_summary(ranks, at_rank) if has_ranks else None,
         "items": [
-            {"path": p, "true": t, "pred": q, "confidence": c, "correct": t == q}
-            for p, t, q, c in zip(run.paths, run.y_true, run.y_pred, run.confidence)
+            {"path": p, "true": t, "pred": q, "confidence": c, "correct": t == q, "rank": r, "taxon": x,
+             "correct_at_rank": a}
+            for p, t, q, c, r, x, a in zip(run.paths, run.y_true, run.y_pred, run.confidence, ranks, taxa, at_rank)
         ],
         "errors": run.errors,
         "notes": run.notes,

@@ -204,6 +204,11 @@ def to_html(bundle: Mapping[str, Any]) -> str:
                      "unreadable": s.get("errors", 0)}]),
             f"<p><b>{html.escape(t['text'])}</b></p>",
         ]
+        if report.get("ranks"):
+            from wildid.metrics import rank_text
+
+            parts += [f"<p>{html.escape(rank_text(report['ranks']).capitalize())}.</p>",
+                      _table(report["ranks"]["per_rank"])]
         parts += [f"<p><i>{html.escape(note)}</i></p>" for note in report.get("notes", [])]
         parts += ["<div class='grid'>", fig_html(confusion_figure(report)), fig_html(confusion_figure(report, normalized=True)), "</div>"]
         parts += ["<h3>Per class</h3>", _table(per_class_rows(report))]
