@@ -73,6 +73,11 @@ class SpeciesInfo:
     regions: tuple[str, ...] = ()
 
     @property
+    def rank(self) -> str | None:
+        """The entry's taxonomic rank ("species", "genus", "family", ...), e.g. for Camtrap DP's taxonRank."""
+        return self.taxonomy.rank if self.taxonomy is not None else None
+
+    @property
     def names(self) -> tuple[str, ...]:
         """Every name a model label may use for this species."""
         return (self.scientific_name, self.common_name, *self.aliases)
