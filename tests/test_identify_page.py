@@ -129,14 +129,14 @@ def test_example_picker(models_root):
     at = page(identify_source="Example")
     assert not at.exception
     picker = at.selectbox(key="identify_example")
-    assert picker.options == ["chelsea cat", "night frame nir", "snow track"]
+    assert picker.options == ["chelsea cat", "chelsea cat close up", "night frame nir", "snow track"]
     assert not at.error and len(at.get("plotly_chart")) == 1
     assert image_captions(at)[0] == "chelsea_cat.jpg · 451x300"
-    picker.select_index(2).run()
+    picker.select_index(3).run()
     assert not at.exception and not at.error
     assert texts(at.success)[0].startswith("bobcat (")  # bright snow: the tiny model's "bright" class
     assert image_captions(at)[0] == "snow_track.png · 320x240"
-    picker.select_index(1).run()  # 16-bit TIFF
+    picker.select_index(2).run()  # 16-bit TIFF
     assert not at.exception and image_captions(at)[0] == "night_frame_nir.tif · 300x200"
 
 
