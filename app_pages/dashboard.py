@@ -117,6 +117,17 @@ cols[1].metric("Accuracy", fmt(s["accuracy"]))
 cols[2].metric("Macro-F1", fmt(s["macro_f1"], ".3f"))
 cols[3].metric("Balanced accuracy", fmt(s["balanced_accuracy"]))
 cols[4].metric("ECE", fmt(report["calibration"]["ece"], ".3f"))
+ranks = report.get("ranks")
+if ranks:
+    left, right = st.columns([1, 2])
+    left.metric("Correct at the rank given", fmt(ranks["share_correct"]),
+                help="An answer counts as right when the true label lies in the taxon answered: a rolled-up "
+                     "'Artiodactyla' for an elk is right, an exact class is not needed.")
+    left.caption(f"{ranks['answers']} answers, {ranks['uncertain']} uncertain; {ranks['checked']} answers could be "
+                 "checked against the true labels' taxonomy.")
+    right.dataframe(pd.DataFrame(ranks["per_rank"])[["rank", "n", "correct", "share_correct"]], hide_index=True,
+                    column_config={"n": "answers", "share_correct": st.column_config.NumberColumn(
+                        "correct at this rank", format="percent")}, key="dashboard_ranks")
 for note in report.get("notes", []):
     st.caption(ui.md(note))
 if report.get("errors"):

@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 from pathlib import Path
 
 import plotly.graph_objects as go
 import streamlit as st
 
 import ui
-from wildid import explain
+from wildid import explain, taxonomy
 from wildid.errors import WildidError
 from wildid import scope
 from wildid.imaging import MAX_UPLOAD_IMAGE_MB, box_from_selection, check_upload, enhance_nir, load_image, upright_size
-from wildid.species import find_species
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "tif", "tiff", "bmp"]
@@ -83,7 +83,7 @@ def draw_crop_box(display, digest: str):
 def top_k_chart(prediction, key: str) -> None:
     labels = [label for label, _ in prediction.top_k][::-1]
     probs = [p for _, p in prediction.top_k][::-1]
-    colour = "#b0b4a8" if prediction.uncertain else "#2f6b3a"
+    colour = "#2f6b3a" if prediction.species_confident else "#b0b4a8"
     fig = go.Figure(go.Bar(x=probs, y=labels, orientation="h", marker_color=colour,
                            text=[f"{p:.0%}" for p in probs], textposition="auto"))
     fig.add_vline(x=prediction.card.threshold, line_dash="dash", line_color="#a33",
@@ -93,6 +93,11 @@ def top_k_chart(prediction, key: str) -> None:
     st.plotly_chart(fig, key=key, config={"displayModeBar": False})
 
 
+def _plain(text) -> str:
+    """Markdown-escaped, so names from model cards and taxonomy files show as text, never as markup."""
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~$])", r"\\\1", str(text))
+
+
 def show_verdict(prediction) -> None:
     if prediction.out_of_scope:
         st.warning(
@@ -100,7 +105,19 @@ def show_verdict(prediction) -> None:
             f"recognise this kind of image (scope score {prediction.scope_score:.2f}, below its "
             f"{prediction.card.scope_threshold:.2f}), so it gives no species answer."
         )
-    elif prediction.uncertain:
+        return
+    if prediction.rolled_up:
+        names = taxonomy.taxonomy_for(prediction.card)
+        rank = taxonomy.describe_rank(prediction.rank)
+        st.info(_plain(f"{rank.capitalize()}: {taxonomy.taxon_title(prediction.taxon, names)}, "
+                       f"{prediction.taxon_confidence:.0%}"))
+        probability = dict(prediction.top_k)
+        closest = ", ".join(f"{label} ({probability[label]:.0%})" if label in probability else label
+                            for label in prediction.closest)
+        st.caption(_plain(f"No single class reaches this model's {prediction.card.threshold:.0%} threshold, but "
+                          f"together the classes of this {rank} do. Closest classes: {closest}."))
+        return
+    if prediction.uncertain:
         candidates = ui.md(", ".join(f"{label} ({p:.0%})" for label, p in prediction.top_k[:3]))
         st.warning(
             f"Uncertain: no class reaches this model's {prediction.card.threshold:.0%} threshold. "
@@ -113,15 +130,21 @@ def show_verdict(prediction) -> None:
 
 def facts_card(label: str, card) -> None:
     try:
-        info = find_species(card.species.get(label, label))
+        info = taxonomy.facts_for(label, card)
     except WildidError as exc:
         st.caption(ui.md(f"Species facts unavailable: {exc}"))
         return
     if info is None:
         st.caption(ui.md(f"No species facts for “{label}”."))
         return
+    render_facts(info)
+
+
+def render_facts(info) -> None:
     with st.container(border=True):
         st.markdown(f"#### {info.common_name} · *{info.scientific_name}*")
+        if info.taxonomy is not None and info.taxonomy.rank != "species":
+            st.caption(f"Group entry ({info.taxonomy.rank}): {info.taxonomy.describe()}")
         lines = [f"**Habitat:** {info.habitat}", f"**Range:** {info.range}", f"**Size:** {info.size}"]
         if info.tracks is not None:
             t = info.tracks
@@ -169,14 +192,49 @@ def suggest_models(image, current: str, also: bool = False) -> None:
               args=(best.card.name,), type="primary")
 
 
+def show_group(taxon: str, rank: str, card) -> None:
+    """What the group is, and its members a hiker is likely to meet, so the person can finish by eye."""
+    info = taxonomy.group_facts(taxon)
+    if info is not None:
+        render_facts(info)
+    else:
+        st.caption(_plain(f"No facts for the {taxonomy.describe_rank(rank)} {taxon}."))
+    show_members(taxon, rank, card)
+
+
+def show_members(taxon: str, rank: str, card) -> None:
+    groups = taxonomy.members_by_family(taxon)
+    if not groups:
+        return
+    count = sum(len(members) for _, members in groups)
+    st.markdown(f"**Members you may meet in North America or Europe** ({count}): compare them by eye.")
+    if card.task == "tracks":
+        rows = [{"species": f"{info.common_name} ({info.scientific_name})", "toes front": info.tracks.toes_front,
+                 "toes hind": info.tracks.toes_hind, "print size": info.tracks.print_size}
+                for _, members in groups for info in members if info.tracks is not None]
+        if rows:
+            st.dataframe(rows, hide_index=True)
+    for family, members in groups:
+        if rank in ("order", "class") and family:
+            st.caption(_plain(taxonomy.taxon_title(family, taxonomy.taxonomy_for(card))))
+        for info in members:
+            with st.expander(f"{info.common_name} · {info.scientific_name}"):
+                render_facts(info)
+
+
 def show_facts(prediction) -> None:
     if prediction.out_of_scope:
         return
     shown = set()
-    if not prediction.uncertain:
+    if prediction.rolled_up:
+        st.subheader(f"About this {taxonomy.describe_rank(prediction.rank)}")
+        show_group(prediction.taxon, prediction.rank, prediction.card)
+    elif not prediction.uncertain:
         st.subheader("About this animal")
         facts_card(prediction.label, prediction.card)
         shown.add(prediction.label)
+        if prediction.rank not in ("", "species"):  # the class itself is a group: "canid", ImageNet "badger"
+            show_members(prediction.taxon, prediction.rank, prediction.card)
     others = [(label, p) for label, p in prediction.top_k[:3] if label not in shown]
     if others:
         st.caption("Facts for the top candidates (open to compare):")

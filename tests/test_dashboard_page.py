@@ -113,3 +113,30 @@ def test_path_outside_allowed_root_is_refused(workdir, tmp_path):
     at.button[0].click().run()
     assert not at.exception
     assert any("outside the allowed folder" in e.value for e in at.error)
+
+
+def test_answers_per_rank_and_share_correct_at_rank(workdir, models_root):
+    import numpy as np
+    from PIL import Image
+
+    from wildid.cards import load_card
+
+    folder = models_root / "tiny"
+    load_card(folder).replace(threshold=0.6).save(folder)
+    for label, style in CLASS_STYLES.items():
+        write(workdir / "data" / label / "0.jpg", class_image(style, seed=400), quality=90)
+    # Between fox and coyote, filed as a coyote: answered as the dog family, right at that rank.
+    dark = np.asarray(class_image("dark", seed=300, size=(160, 120)), float)
+    striped = np.asarray(class_image("striped", seed=300, size=(160, 120)), float)
+    Image.fromarray(np.clip(0.3 * dark + 0.7 * striped, 0, 255).astype(np.uint8)).save(workdir / "data" / "coyote" / "blend.png")
+    at = AppTest.from_file(PAGE, default_timeout=120)
+    at.session_state["model_name"] = "tiny"
+    at.run()
+    at.text_input(key="dashboard_data").set_value(str(workdir / "data")).run()
+    at.button[0].click().run()
+    assert not at.exception, at.exception
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Accuracy"] == "75.0%"  # the blend's top class (gray fox) is no coyote
+    assert metrics["Correct at the rank given"] == "100.0%"  # but the dog family is right
+    [ranks] = [frame.value for frame in at.dataframe if "share_correct" in frame.value.columns]
+    assert dict(zip(ranks["rank"], ranks["n"])) == {"species": 3, "family": 1}

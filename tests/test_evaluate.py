@@ -219,3 +219,85 @@ def test_journal_with_a_torn_last_line(tmp_path):
     )
     run = ev.from_journal(results)
     assert run.y_true == ["a", "b"] and run.y_pred == ["b", "b"]
+
+
+# --- answers above species rank ---------------------------------------------------------------------
+def test_correct_at_rank_uses_the_taxonomy_of_true_labels():
+    from wildid.registry import find_card
+    from wildid.taxonomy import taxonomy_for
+
+    names = taxonomy_for(find_card("general-animals"))
+    assert ev.correct_at_rank("tabby", "tiger cat", "species", "Felis catus", names) is True  # same species
+    assert ev.correct_at_rank("tabby", "tiger cat", "label", "", names) is False
+    assert ev.correct_at_rank("elk", "ibex", "order", "Artiodactyla", names) is True  # an elk is a hoofed mammal
+    assert ev.correct_at_rank("elk", "ibex", "family", "Bovidae", names) is False  # but no bovid
+    assert ev.correct_at_rank("Cervidae", "ibex", "order", "Artiodactyla", names) is True
+    assert ev.correct_at_rank("Cervidae", "ibex", "species", "Capra ibex", names) is False
+    assert ev.correct_at_rank("Mammalia", "ibex", "species", "Capra ibex", names) is None  # coarser than the answer
+    assert ev.correct_at_rank("yeti", "ibex", "order", "Artiodactyla", names) is None
+    assert ev.correct_at_rank("ibex", "ibex", "uncertain", "", names) is None
+
+
+def blend(path: Path) -> Path:
+    from PIL import Image
+
+    dark = np.asarray(class_image("dark", seed=300, size=(160, 120)), float)
+    striped = np.asarray(class_image("striped", seed=300, size=(160, 120)), float)
+    Image.fromarray(np.clip(0.3 * dark + 0.7 * striped, 0, 255).astype(np.uint8)).save(path)
+    return path
+
+
+def test_evaluate_reports_answers_per_rank_and_share_correct_at_rank(models_root, image_folder, tmp_path, capsys):
+    from wildid.cards import load_card
+    from wildid.cli import main
+
+    folder = models_root / "tiny"
+    load_card(folder).replace(threshold=0.6).save(folder)
+    # Two fox-coyote blends filed as coyotes: the model answers "Canidae" (family), right at that rank.
+    blend(image_folder / "coyote" / "blend_a.png")
+    blend(image_folder / "coyote" / "blend_b.png")
+    out = tmp_path / "report.json"
+    assert main(["evaluate", str(image_folder), "--model", "tiny", "--out", str(out), "--quiet"]) == 0
+    text = capsys.readouterr().out
+    [report] = json.loads(out.read_text())["models"]
+    ranks = report["ranks"]
+    by_rank = {row["rank"]: row for row in ranks["per_rank"]}
+    assert by_rank["family"]["n"] == 2 and by_rank["family"]["correct"] == 2
+    assert ranks["n"] == 14 and ranks["answers"] + ranks["uncertain"] == 14
+    assert by_rank["species"]["n"] == ranks["answers"] - 2
+    items = {Path(item["path"]).name: item for item in report["items"]}
+    assert (items["blend_a.png"]["rank"], items["blend_a.png"]["taxon"], items["blend_a.png"]["correct_at_rank"]) == (
+        "family", "Canidae", True)
+    assert items["blend_a.png"]["correct"] is False  # top class gray fox: wrong as a species
+    share = ranks["share_correct"]
+    assert share >= report["summary"]["accuracy"]  # the family answers are credited at their rank
+    assert f"correct at the rank given: {share:.1%} of {ranks['checked']} answers; answers by rank: species" in text
+    assert "family 2" in text
+    assert json.loads(out.read_text())["compare"][0]["correct_at_rank"] == pytest.approx(share)
+
+
+def test_results_table_with_rank_columns(tmp_path):
+    rows = [
+        {"path": str(tmp_path / "a.jpg"), "label": "ibex", "confidence": "0.25", "status": "review", "model": "general-animals",
+         "rank": "order", "taxon": "Artiodactyla"},
+        {"path": str(tmp_path / "b.jpg"), "label": "ibex", "confidence": "0.20", "status": "review", "model": "general-animals",
+         "rank": "family", "taxon": "Bovidae"},
+        {"path": str(tmp_path / "c.jpg"), "label": "tabby", "confidence": "0.90", "status": "accepted",
+         "model": "general-animals", "rank": "species", "taxon": "Felis catus"},
+        {"path": str(tmp_path / "d.jpg"), "label": "coffee mug", "confidence": "0.05", "status": "review",
+         "model": "general-animals", "rank": "", "taxon": ""},
+    ]
+    columns = RESULTS_COLUMNS + ["rank", "taxon", "taxon_confidence"]
+    results = tmp_path / "batch.csv"
+    with results.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, columns)
+        writer.writeheader()
+        writer.writerows({c: row.get(c, "") for c in columns} for row in rows)
+    truth = tmp_path / "truth.csv"
+    truth.write_text("path,label\na.jpg,elk\nb.jpg,elk\nc.jpg,tiger cat\nd.jpg,moose\n", encoding="utf-8")
+    report = ev.build_report(ev.from_results(results, truth))
+    assert report["summary"]["accuracy"] == 0.0  # no top class is the true label
+    ranks = report["ranks"]
+    assert (ranks["answers"], ranks["uncertain"], ranks["checked"], ranks["correct"]) == (3, 1, 3, 2)
+    assert [(row["rank"], row["n"], row["correct"]) for row in ranks["per_rank"]] == [
+        ("species", 1, 1), ("family", 1, 0), ("order", 1, 1), ("uncertain", 1, 0)]

@@ -129,14 +129,14 @@ def test_example_picker(models_root):
     at = page(identify_source="Example")
     assert not at.exception
     picker = at.selectbox(key="identify_example")
-    assert picker.options == ["chelsea cat", "night frame nir", "snow track"]
+    assert picker.options == ["chelsea cat", "chelsea cat close up", "night frame nir", "snow track"]
     assert not at.error and len(at.get("plotly_chart")) == 1
     assert image_captions(at)[0] == "chelsea_cat.jpg · 451x300"
-    picker.select_index(2).run()
+    picker.select_index(3).run()
     assert not at.exception and not at.error
     assert texts(at.success)[0].startswith("bobcat (")  # bright snow: the tiny model's "bright" class
     assert image_captions(at)[0] == "snow_track.png · 320x240"
-    picker.select_index(1).run()  # 16-bit TIFF
+    picker.select_index(2).run()  # 16-bit TIFF
     assert not at.exception and image_captions(at)[0] == "night_frame_nir.tif · 300x200"
 
 
@@ -263,3 +263,70 @@ def test_out_of_scope_photo_gets_no_answer_and_a_better_model_is_offered(models_
     assert not at.exception
     assert at.session_state["model_name"] == "general-animals"
     assert texts(at.success)[0].split(" (")[0] in {"tabby", "tiger cat", "Egyptian cat", "Persian cat"}
+
+
+# --- answers above species rank (taxonomic roll-up) ------------------------------------------------------
+def fox_coyote_blend() -> bytes:
+    """Between the tiny model's gray fox (dark) and coyote (striped): no class is sure, the dog family is."""
+    dark = np.asarray(class_image("dark", seed=300, size=(160, 120)), float)
+    striped = np.asarray(class_image("striped", seed=300, size=(160, 120)), float)
+    buffer = io.BytesIO()
+    Image.fromarray(np.clip(0.3 * dark + 0.7 * striped, 0, 255).astype(np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def unescaped(text: str) -> str:
+    return text.replace("\\", "")
+
+
+def test_rolled_up_answer_shows_the_group_its_rank_closest_classes_and_members(models_root):
+    from wildid.cards import load_card
+
+    folder = models_root / "tiny"
+    load_card(folder).replace(threshold=0.6).save(folder)
+    at = upload(page(), "between.png", fox_coyote_blend(), "image/png")
+    assert not at.exception and not at.error
+    assert not at.success and not at.warning  # neither a species answer nor "uncertain"
+    [verdict] = [unescaped(text) for text in texts(at.info)]
+    assert verdict.startswith("Family: Dog family: wolves, coyotes, foxes and dogs (Canidae), 9") and verdict.endswith("%")
+    captions = " ".join(unescaped(c.value) for c in at.caption)
+    assert "No single class reaches this model's 60% threshold" in captions
+    assert "Closest classes: gray fox (" in captions and "coyote (" in captions and "bobcat" not in captions.split("Closest")[1]
+    assert "About this family" in texts(at.subheader)
+    facts = " ".join(texts(at.markdown))
+    assert "Dog family: wolves, coyotes, foxes and dogs · *Canidae*" in facts
+    assert "Members you may meet in North America or Europe" in facts
+    member_panels = [e.label for e in at.expander]
+    for member in ("Grey wolf · Canis lupus", "Coyote · Canis latrans", "Red fox · Vulpes vulpes",
+                   "Gray fox · Urocyon cinereoargenteus"):
+        assert member in member_panels
+    assert "Bobcat · Lynx rufus" not in member_panels  # a cat is no member of the dog family
+    # The member species' own facts are inside their panels.
+    assert "Grey wolf · *Canis lupus*" in facts and "**Tracks:**" in facts
+
+
+def test_track_family_model_lists_species_of_the_family_with_print_sizes(models_root):
+    import shutil
+
+    from tests.conftest import PROJECT_ROOT as ROOT
+    from wildid.cards import load_card
+
+    # The tiny model's three outputs renamed to families, with the tracks-families taxonomy beside it.
+    folder = models_root / "tiny-families"
+    shutil.copytree(models_root / "tiny", folder)
+    load_card(folder).replace(name="tiny-families", title="Tiny track families", classes=("canid", "felid", "deer"),
+                              task="tracks").save(folder)
+    shutil.copy(ROOT / "models" / "tracks-families" / "taxonomy.toml", folder / "taxonomy.toml")
+    at = upload(page("tiny-families"), "print.jpg", bright_jpeg())  # bright -> the second output, "felid"
+    assert not at.exception and not at.error
+    [verdict] = texts(at.success)
+    assert verdict.startswith("felid (")
+    facts = " ".join(texts(at.markdown))
+    assert "Cat family · *Felidae*" in facts and "Group entry (family)" in " ".join(c.value for c in at.caption)
+    [table] = at.dataframe
+    rows = table.value
+    species_names = set(rows["species"])
+    assert {"Cougar (Puma concolor)", "Bobcat (Lynx rufus)", "Canada lynx (Lynx canadensis)"} <= species_names
+    cougar = rows[rows["species"] == "Cougar (Puma concolor)"].iloc[0]
+    assert (cougar["toes front"], cougar["toes hind"]) == (4, 4) and "7.5-10.5 cm" in cougar["print size"]
+    assert "Look-alikes" in facts

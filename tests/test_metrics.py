@@ -193,3 +193,26 @@ def test_compare_table_rows():
     assert rows[0]["accuracy"] == 0.75 and rows[1]["accuracy"] == 1.0
     assert rows[0]["review"] == 1 and rows[1]["review"] == 0
     assert rows[1]["f1 a"] == 1.0 and rows[0]["f1 a"] == pytest.approx(2 / 3)
+
+
+def test_rank_summary_hand_computed():
+    ranks = ["species", "species", "species", "family", "family", "order", "uncertain", "uncertain", "label"]
+    correct = [True, True, False, True, None, True, None, None, False]
+    summary = M.rank_summary(ranks, correct)
+    assert (summary["n"], summary["answers"], summary["uncertain"]) == (9, 7, 2)
+    # 6 answers could be checked (the family answer with an unplaceable true label could not), 4 are right.
+    assert (summary["checked"], summary["correct"]) == (6, 4)
+    assert summary["share_correct"] == pytest.approx(4 / 6)
+    rows = {row["rank"]: row for row in summary["per_rank"]}
+    assert [row["rank"] for row in summary["per_rank"]] == ["label", "species", "family", "order", "uncertain"]
+    assert (rows["species"]["n"], rows["species"]["correct"], rows["species"]["share_correct"]) == (3, 2, pytest.approx(2 / 3))
+    assert (rows["family"]["n"], rows["family"]["checked"], rows["family"]["share_correct"]) == (2, 1, 1.0)
+    assert rows["uncertain"]["share_correct"] is None and rows["uncertain"]["n"] == 2
+    assert M.rank_text(summary) == ("correct at the rank given: 66.7% of 6 answers; "
+                                    "answers by rank: label 1, species 3, family 2, order 1, uncertain 2")
+
+
+def test_rank_summary_of_nothing_answered():
+    summary = M.rank_summary(["uncertain"], [None])
+    assert summary["answers"] == 0 and summary["share_correct"] is None
+    assert M.rank_text(summary).startswith("correct at the rank given: no answer could be checked")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from wildid import species
+from wildid import species, taxonomy
 from wildid.species import SpeciesInfo, SpeciesInfoError, TrackInfo, find_species, load_species
 
 SPECIES_DIR = Path(__file__).resolve().parent.parent / "species_info"
@@ -70,6 +70,13 @@ range = "Test range."
 size = "Small."
 notable_fact = "Only exists in tests."
 look_alikes = ["Other animal: bigger."]
+
+[taxonomy]
+rank = "species"
+genus = "Testus"
+family = "Testidae"
+order = "Testiformes"
+class = "Mammalia"
 """
 
 
@@ -96,8 +103,9 @@ def _raw(path: Path) -> dict:
 # --- the data files ---------------------------------------------------------------------
 
 
-def test_species_folder_has_one_file_per_entry():
-    assert len(SPECIES_FILES) == len(set(EXPECTED_SCIENTIFIC.values()))
+def test_every_model_label_has_its_own_file():
+    stems = {path.stem for path in SPECIES_FILES}
+    assert {species.file_stem(name) for name in EXPECTED_SCIENTIFIC.values()} <= stems
 
 
 @pytest.mark.parametrize("label", ALL_LABELS)
@@ -126,11 +134,13 @@ def test_file_has_every_key_filled(path):
     for key in ("aliases", "look_alikes"):
         assert isinstance(data[key], list) and data[key], key
         assert all(isinstance(item, str) and item.strip() for item in data[key]), key
-    assert data["group"] in ("mammal", "bird")
+    assert data["group"] in ("mammal", "bird", "reptile", "amphibian", "fish", "invertebrate")
     assert all(alias == alias.lower() for alias in data["aliases"])
     # "Name: how to tell apart"
     assert all(": " in item for item in data["look_alikes"])
-    assert set(data) <= set(STRING_KEYS) | {"aliases", "look_alikes", "tracks"}
+    assert set(data) <= set(STRING_KEYS) | {"aliases", "look_alikes", "tracks", "taxonomy", "regions"}
+    assert data["taxonomy"]["rank"] in ("species", "genus", "tribe", "subfamily", "family", "order", "class")
+    assert set(data.get("regions", [])) <= {"North America", "Europe"}
     if "tracks" in data:
         tracks = data["tracks"]
         assert set(tracks) == set(TRACK_STRING_KEYS) | {"toes_front", "toes_hind"}
@@ -174,7 +184,8 @@ def test_collared_lemming_mentions_winter_white_coat():
 
 def test_load_species_keyed_by_scientific_name():
     loaded = load_species()
-    assert set(loaded) == set(EXPECTED_SCIENTIFIC.values())
+    assert set(loaded) >= set(EXPECTED_SCIENTIFIC.values())
+    assert len(loaded) == len(SPECIES_FILES)
     beaver = loaded["Castor canadensis"]
     assert beaver.common_name == "North American beaver"
     assert beaver.tracks.toes_front == 5 and beaver.tracks.toes_hind == 5
@@ -249,9 +260,14 @@ def test_malformed_toml_names_the_file(species_copy):
         (lambda text: text.replace('habitat = "Test habitat."\n', ""), "missing required key(s) habitat"),
         (lambda text: text.replace('"Test habitat."', '""'), "habitat is empty"),
         (lambda text: text.replace('"Test habitat."', "3"), "habitat must be a string"),
-        (lambda text: text.replace('group = "mammal"', 'group = "fish"'), "group must be one of"),
+        (lambda text: text.replace('group = "mammal"', 'group = "plant"'), "group must be one of"),
+        (lambda text: text.split("[taxonomy]")[0], "missing required key(s) taxonomy"),
+        (lambda text: text.replace('family = "Testidae"\n', ""), "[taxonomy]: missing family"),
+        (lambda text: text.replace('rank = "species"\n', ""), "[taxonomy]: rank is missing"),
+        (lambda text: text.replace('genus = "Testus"', 'genus = "Otherus"'), "does not belong to genus 'Otherus'"),
+        (lambda text: text.replace('look_alikes = [', 'regions = ["Asia"]\nlook_alikes = ['), "regions Asia not one of"),
         (lambda text: text.replace('aliases = ["test animal"]', "aliases = []"), "aliases must be a non-empty list"),
-        (lambda text: text + 'colour = "brown"\n', "unknown key(s) colour"),
+        (lambda text: text.replace("[taxonomy]", 'colour = "brown"\n\n[taxonomy]'), "unknown key(s) colour"),
         (lambda text: text.replace("Testus minimus", "Testus maximus"), "rename it to testus_maximus.toml"),
         (
             lambda text: text + '[tracks]\nprint_size = "1 cm"\ntoes_front = 4\nclaw_marks = "no"\ngait = "walk"\ndescription = "d"\n',
@@ -298,3 +314,49 @@ def test_missing_folder_is_a_clear_error(tmp_path):
 def test_species_module_stays_light():
     source = Path(species.__file__).read_text(encoding="utf-8")
     assert "streamlit" not in source and "torch" not in source
+
+
+# --- facts for the animals people photograph (issue 15) ----------------------------------------------
+# The general model's classes that are wild vertebrates a hiker of North America or Europe can meet:
+# native or widely established there, on land, in fresh water or seen from the shore. Domestic animals
+# (dog breeds, cats, cattle), pets and animals of other continents or of the open sea are left out.
+# Before this list got its entries, 9 of these 111 classes had facts.
+GENERAL_HIKER_CLASSES = [
+    "tench", "coho", "sturgeon", "eel", "gar", "European fire salamander", "common newt", "eft",
+    "spotted salamander", "bullfrog", "tree frog", "tailed frog", "loggerhead", "leatherback turtle",
+    "mud turtle", "terrapin", "box turtle", "banded gecko", "American chameleon", "whiptail",
+    "alligator lizard", "Gila monster", "green lizard", "American alligator", "thunder snake", "ringneck snake",
+    "hognose snake", "green snake", "king snake", "garter snake", "water snake", "night snake", "diamondback",
+    "sidewinder", "brambling", "goldfinch", "house finch", "junco", "indigo bunting", "robin", "jay", "magpie",
+    "chickadee", "water ouzel", "kite", "bald eagle", "vulture", "great grey owl", "black grouse", "ptarmigan",
+    "ruffed grouse", "prairie chicken", "quail", "partridge", "bee eater", "hummingbird", "drake",
+    "red-breasted merganser", "goose", "white stork", "black stork", "spoonbill", "flamingo",
+    "little blue heron", "American egret", "bittern", "crane", "limpkin", "European gallinule", "American coot",
+    "bustard", "ruddy turnstone", "red-backed sandpiper", "redshank", "dowitcher", "oystercatcher", "pelican",
+    "grey whale", "killer whale", "sea lion", "timber wolf", "white wolf", "red wolf", "coyote", "red fox",
+    "kit fox", "Arctic fox", "grey fox", "cougar", "lynx", "brown bear", "American black bear", "ice bear",
+    "wood rabbit", "hare", "porcupine", "fox squirrel", "marmot", "beaver", "wild boar", "bison", "bighorn",
+    "ibex", "weasel", "mink", "polecat", "black-footed ferret", "otter", "skunk", "badger", "armadillo",
+]
+
+
+def test_general_model_wild_vertebrates_have_facts():
+    from wildid.registry import find_card
+
+    card = find_card("general-animals")
+    assert len(GENERAL_HIKER_CLASSES) == len(set(GENERAL_HIKER_CLASSES)) == 111
+    assert set(GENERAL_HIKER_CLASSES) <= set(card.classes)
+    missing = [label for label in GENERAL_HIKER_CLASSES if taxonomy.facts_for(label, card) is None]
+    assert missing == [], f"{len(missing)} of {len(GENERAL_HIKER_CLASSES)} classes still without facts: {missing}"
+
+
+@pytest.mark.parametrize("label", GENERAL_HIKER_CLASSES)
+def test_facts_of_a_class_belong_to_the_taxon_it_stands_for(label):
+    from wildid.registry import find_card
+
+    card = find_card("general-animals")
+    info = taxonomy.facts_for(label, card)
+    lineage = taxonomy.taxonomy_for(card).lineage(label)
+    # At the class's own taxon or below it (ImageNet "goose" -> Canada goose, inside the geese), never beside it.
+    assert info.taxonomy.contains(lineage.name), (label, lineage.describe(), info.taxonomy.describe())
+    assert info.regions or info.taxonomy.rank != "species"

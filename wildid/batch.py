@@ -53,9 +53,11 @@ COLUMNS = (
     "path", "relpath", "label", "confidence", "top_k", "status", "error", "empty_score",
     "width", "height", "mean_intensity", "laplacian_var", "dark", "overexposed", "blurry",
     "datetime", "camera", "sequence_id", "model", "model_version",
-) + REGION_COLUMNS
-# Results written before the region columns existed: readable everywhere, not resumable.
-LEGACY_COLUMNS = COLUMNS[: -len(REGION_COLUMNS)]
+) + REGION_COLUMNS + ("rank", "taxon", "taxon_confidence")
+# Results written before the region columns, or before the rank / taxon columns, existed: readable
+# everywhere, not resumable (appended rows would not line up).
+COLUMNS_BEFORE_TAXON = COLUMNS[:-3]
+LEGACY_COLUMNS = COLUMNS_BEFORE_TAXON[: -len(REGION_COLUMNS)]
 # The header exactly as csv.writer writes it (the \r\n line end is csv's default).
 HEADER_LINE = (",".join(COLUMNS) + "\r\n").encode("utf-8")
 # empty: a detector found no animal in the frame (the reason is in ``error``).
@@ -147,8 +149,9 @@ def read_done_paths(out: Path | str, repair: bool = True) -> tuple[set[str], str
         header = next(reader, None)
         if header is None:
             return set(), None
-        if tuple(header) == LEGACY_COLUMNS:
-            raise DataError(f"{out} was written by an earlier wildid (without the detection columns); "
+        if tuple(header) in (LEGACY_COLUMNS, COLUMNS_BEFORE_TAXON):
+            missing = "detection, rank and taxon" if tuple(header) == LEGACY_COLUMNS else "rank and taxon"
+            raise DataError(f"{out} was written by an earlier wildid (without the {missing} columns); "
                             "start again with --overwrite, or choose another --out")
         if tuple(header) != COLUMNS:
             raise DataError(f"{out}: not a wildid results file (unexpected columns); choose another --out")
@@ -570,6 +573,7 @@ def _rows_for(entries: list[tuple[Decoded, FolderPlan]], predictor, root: Path, 
             "sequence_id": plan.sequence_ids.get(decoded.path, ""),
             "model": card.name, "model_version": card.version,
             **region_fields(decoded.region, per_file.get(decoded.path, [])),
+            "rank": "", "taxon": "", "taxon_confidence": None,
         }
         prediction = predictions.get(decoded.path)
         if prediction is not None:
@@ -579,6 +583,8 @@ def _rows_for(entries: list[tuple[Decoded, FolderPlan]], predictor, root: Path, 
                 top_k=json.dumps([[label, round(p, 6)] for label, p in prediction.top_k]),
                 status=row_status(prediction, threshold),
                 empty_score=background.empty_score(decoded.thumb, plan.background),
+                rank=prediction.rank, taxon=prediction.taxon,
+                taxon_confidence=round(prediction.taxon_confidence, 6) if prediction.taxon else None,
                 width=size[0], height=size[1],
                 **decoded.quality,
             )
@@ -615,10 +621,10 @@ def results_frame(csv_path: Path | str):
 
     frame = pd.read_csv(csv_path, dtype={"label": str, "error": str, "camera": str, "sequence_id": str,
                                          "datetime": str, "model_version": str, "top_k": str, "box": str,
-                                         "box_source": str, "detections": str},
+                                         "box_source": str, "detections": str, "rank": str, "taxon": str},
                         keep_default_na=False, na_values={c: [""] for c in (
                             "confidence", "empty_score", "width", "height", "mean_intensity", "laplacian_var",
-                            "detection_conf", "detection_count")})
+                            "detection_conf", "detection_count", "taxon_confidence")})
     for column in ("dark", "overexposed", "blurry"):
         frame[column] = frame[column].map({"True": True, "False": False, True: True, False: False})
     return frame

@@ -111,13 +111,20 @@ def predictor_from_args(args: argparse.Namespace):
 
 # --- predict -------------------------------------------------------------------------------
 def cmd_predict(args: argparse.Namespace) -> int:
+    from wildid.taxonomy import describe_answer, taxonomy_for
+
     predictor = predictor_from_args(args)
+    taxonomy = taxonomy_for(predictor.card)
 
     def describe(row: dict) -> str:
         flag = {"out_of_scope": "  (out of scope: not something this model was trained on)",
                 "uncertain": "  (uncertain)"}.get(row["state"], "")
         candidates = ", ".join(f"{c['label']} {c['score']:.3f}" for c in row["top_k"][1:])
-        return f"{row['label']} {row['confidence']:.3f}{flag}" + (f"  | {candidates}" if candidates else "")
+        head = f"{row['label']} {row['confidence']:.3f}{flag}"
+        if row["rolled_up"]:
+            answer = describe_answer(row["rank"], row["taxon"], row["taxon_confidence"], row["closest"], taxonomy)
+            head = f"{answer}  (top class {row['label']} {row['confidence']:.3f} is below the threshold)"
+        return head + (f"  | {candidates}" if candidates else "")
 
     return report_per_image(
         args, lambda image: predictor.predict([image], top_k=args.top_k)[0].to_dict(), describe
@@ -251,6 +258,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             line += f", {s['errors']} unreadable"
         print(line)
         print(f"  {report['threshold']['text']}")
+        if report.get("ranks"):
+            from wildid.metrics import rank_text
+
+            print(f"  {rank_text(report['ranks'])}")
         if report.get("corrected"):
             c = report["corrected"]["summary"]
             print(f"  class-proportion corrected: accuracy {c['accuracy']:.3f}, macro-F1 {c['macro_f1']:.3f}, "

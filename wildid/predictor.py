@@ -28,12 +28,21 @@ from torch import nn
 from wildid import scope
 from wildid.cards import ModelCard
 from wildid.imaging import Box, ImageSource, crop_fraction, load_image, to_channel_mode
+from wildid.taxonomy import RollUp
 
 BACKENDS = ("torch", "onnx")
 
 
 @dataclass(frozen=True)
 class Prediction:
+    """Top class and top-k, plus the answer at the rank the evidence supports.
+
+    ``rank`` / ``taxon`` / ``taxon_confidence``: for a top class at or above the card's
+    threshold, the class's own taxon (e.g. species ``Felis catus`` for "tabby"; empty when
+    the model has no taxonomy for it); below the threshold, the lowest taxon whose summed
+    probability reaches it (``closest`` = its most probable classes), or empty when none does.
+    """
+
     label: str
     confidence: float
     top_k: tuple[tuple[str, float], ...]
@@ -42,6 +51,10 @@ class Prediction:
     # "Is this an image the model knows?" (wildid.scope; higher = more like its training images),
     # None when the card has no scope calibration.
     scope_score: float | None = None
+    rank: str = ""
+    taxon: str = ""
+    taxon_confidence: float = 0.0
+    closest: tuple[str, ...] = ()
 
     @property
     def out_of_scope(self) -> bool:
@@ -50,14 +63,28 @@ class Prediction:
         return self.scope_score is not None and threshold is not None and self.scope_score < threshold
 
     @property
+    def species_confident(self) -> bool:
+        """The top class itself reaches the card's threshold (and the image is in scope)."""
+        return not self.out_of_scope and self.confidence >= self.card.threshold
+
+    @property
+    def rolled_up(self) -> bool:
+        """No class is sure enough, but a higher taxon (genus ... class) is: answer with that."""
+        return not self.out_of_scope and not self.species_confident and bool(self.taxon)
+
+    @property
     def uncertain(self) -> bool:
-        """Below the card's threshold (or out of scope): show candidates, never a confident answer."""
-        return self.out_of_scope or self.confidence < self.card.threshold
+        """No answer at any rank (or out of scope): show candidates, never a confident answer."""
+        return self.out_of_scope or (not self.species_confident and not self.taxon)
 
     @property
     def state(self) -> str:
-        """``out_of_scope`` | ``uncertain`` | ``confident``, in that order of precedence."""
-        return "out_of_scope" if self.out_of_scope else ("uncertain" if self.uncertain else "confident")
+        """``out_of_scope`` | ``uncertain`` | ``rolled_up`` | ``confident``, in that order of precedence."""
+        if self.out_of_scope:
+            return "out_of_scope"
+        if self.uncertain:
+            return "uncertain"
+        return "rolled_up" if self.rolled_up else "confident"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -69,6 +96,11 @@ class Prediction:
             "top_k": [{"label": label, "score": round(score, 6)} for label, score in self.top_k],
             "model": self.model,
             "model_version": self.card.version,
+            "rank": self.rank,
+            "taxon": self.taxon,
+            "taxon_confidence": round(self.taxon_confidence, 6),
+            "rolled_up": self.rolled_up,
+            "closest": list(self.closest),
         }
 
 
@@ -156,6 +188,7 @@ class BasePredictor:
         self.transform = build_transform(card)
         self.draft_size = draft_size_for(card)
         self.scope_stats = scope.load_stats(card)
+        self.rollup = RollUp.for_card(card)
 
     # --- preprocess ------------------------------------------------------------------
     def load(self, source: ImageSource, box: Box | None = None) -> Image.Image:
@@ -201,11 +234,18 @@ class BasePredictor:
     def postprocess(self, probs: np.ndarray, top_k: int = 5, scope_scores: np.ndarray | None = None) -> list[Prediction]:
         k = max(1, min(top_k, probs.shape[1]))
         order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        # Every back end, page and command passes through here: the one place that rolls up.
+        answers = self.rollup.answers(probs, self.card.threshold)
         out = []
-        for n, (row, idx) in enumerate(zip(probs, order)):
+        scope_threshold = self.card.scope_threshold
+        for n, (row, idx, answer) in enumerate(zip(probs, order, answers)):
             ranked = tuple((self.card.classes[i], float(row[i])) for i in idx)
             score = None if scope_scores is None else float(scope_scores[n])
-            out.append(Prediction(ranked[0][0], ranked[0][1], ranked, self.card.name, self.card, score))
+            if score is not None and scope_threshold is not None and score < scope_threshold:
+                answer = type(answer)()  # out of scope: no answer at any rank
+            out.append(Prediction(ranked[0][0], ranked[0][1], ranked, self.card.name, self.card, scope_score=score,
+                                  rank=answer.rank, taxon=answer.taxon, taxon_confidence=answer.confidence,
+                                  closest=answer.closest))
         return out
 
     def predict_batch(self, batch: torch.Tensor, top_k: int = 5) -> list[Prediction]:

@@ -2,8 +2,11 @@
 
 A file is named after the scientific name in snake case (``castor_canadensis.toml``) and
 holds the keys of :class:`SpeciesInfo`; the optional ``[tracks]`` table holds the keys of
-:class:`TrackInfo`. Group-level entries (a genus, tribe or class used as a model label,
-such as ``Microtus`` for "vole") follow the same schema.
+:class:`TrackInfo`; the required ``[taxonomy]`` table gives the entry's rank and the taxa
+above it (see :mod:`wildid.taxonomy`). Group-level entries (a genus, family, order or class
+used as a model label or as a rolled-up answer, such as ``Microtus`` for "vole" or
+``Cervidae`` for the deer) follow the same schema. ``regions`` (optional) lists where a
+hiker meets the animal: "North America", "Europe".
 
 Model class labels are matched to a file by :func:`find_species`, which compares the label
 with each file's scientific name, common name and aliases, ignoring case, ``_``, ``-`` and
@@ -23,10 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from wildid.errors import WildidError
+from wildid.taxonomy import HIKER_REGIONS, Lineage, TaxonomyError, parse_lineage
 
 SPECIES_DIR_ENV = "WILDID_SPECIES_DIR"
 DEFAULT_SPECIES_DIR = Path(__file__).resolve().parent.parent / "species_info"
-GROUPS = ("mammal", "bird")
+GROUPS = ("mammal", "bird", "reptile", "amphibian", "fish", "invertebrate")
 MAX_TOES = 5
 
 
@@ -65,6 +69,13 @@ class SpeciesInfo:
     notable_fact: str
     look_alikes: tuple[str, ...]
     tracks: TrackInfo | None = None
+    taxonomy: Lineage | None = None
+    regions: tuple[str, ...] = ()
+
+    @property
+    def rank(self) -> str | None:
+        """The entry's taxonomic rank ("species", "genus", "family", ...), e.g. for Camtrap DP's taxonRank."""
+        return self.taxonomy.rank if self.taxonomy is not None else None
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -84,12 +95,14 @@ class SpeciesInfo:
             "notable_fact": self.notable_fact,
             "look_alikes": list(self.look_alikes),
             "tracks": self.tracks.to_dict() if self.tracks is not None else None,
+            "taxonomy": self.taxonomy.to_dict() if self.taxonomy is not None else None,
+            "regions": list(self.regions),
         }
 
 
 _STRING_KEYS = ("scientific_name", "common_name", "group", "habitat", "range", "size", "notable_fact")
 _LIST_KEYS = ("aliases", "look_alikes")
-_SPECIES_KEYS = frozenset((*_STRING_KEYS, *_LIST_KEYS, "tracks"))
+_SPECIES_KEYS = frozenset((*_STRING_KEYS, *_LIST_KEYS, "tracks", "taxonomy", "regions"))
 _TRACK_STRING_KEYS = ("print_size", "claw_marks", "gait", "description")
 _TRACK_INT_KEYS = ("toes_front", "toes_hind")
 _TRACK_KEYS = frozenset((*_TRACK_STRING_KEYS, *_TRACK_INT_KEYS))
@@ -194,7 +207,7 @@ def _load_file(path: Path) -> SpeciesInfo:
     except OSError as err:
         raise SpeciesInfoError(f"{path}: cannot be read ({err.strerror or err})") from err
 
-    _check_keys(path, data, _SPECIES_KEYS, required=_SPECIES_KEYS - {"tracks"}, where="")
+    _check_keys(path, data, _SPECIES_KEYS, required=_SPECIES_KEYS - {"tracks", "regions"}, where="")
     fields: dict[str, Any] = {key: _string(path, data, key) for key in _STRING_KEYS}
     for key in _LIST_KEYS:
         fields[key] = _string_list(path, data, key)
@@ -208,6 +221,16 @@ def _load_file(path: Path) -> SpeciesInfo:
         )
     if "tracks" in data:
         fields["tracks"] = _tracks(path, data["tracks"])
+    try:
+        fields["taxonomy"] = parse_lineage(data["taxonomy"], f"{path}: [taxonomy]", own_name=fields["scientific_name"])
+    except TaxonomyError as err:
+        raise SpeciesInfoError(str(err)) from None
+    if "regions" in data:
+        regions = _string_list(path, data, "regions")
+        unknown = sorted(set(regions) - set(HIKER_REGIONS))
+        if unknown:
+            raise SpeciesInfoError(f"{path}: regions {', '.join(unknown)} not one of {', '.join(HIKER_REGIONS)}")
+        fields["regions"] = regions
     return SpeciesInfo(**fields)
 
 

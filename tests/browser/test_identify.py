@@ -98,3 +98,65 @@ def test_drawn_crop_changes_the_answer_only_after_the_box_is_drawn(page, app_url
     page.get_by_text(re.compile(r"half\.png · 960x240 · crop")).first.wait_for()
     assert page.get_by_test_id("stException").count() == 0
     screenshot(page, "identify-crop")
+
+
+TAXA_MODEL_TITLE = "Tiny taxonomy test model"
+
+
+@pytest.fixture()
+def taxa_model(browser_models_root):
+    """The tiny model with a 0.6 threshold and a hand-made taxonomy beside it (served by the running app)."""
+    import shutil
+
+    from wildid.cards import load_card
+
+    folder = browser_models_root / "tiny-taxa"
+    if not folder.is_dir():
+        shutil.copytree(browser_models_root / "tiny", folder)
+        load_card(folder).replace(name="tiny-taxa", title=TAXA_MODEL_TITLE, threshold=0.6).save(folder)
+        (folder / "taxonomy.toml").write_text(
+            '[classes]\n'
+            '"gray fox" = { species = "Urocyon cinereoargenteus", genus = "Urocyon", family = "Canidae", order = "Carnivora", class = "Mammalia" }\n'
+            '"coyote" = { species = "Canis latrans", genus = "Canis", family = "Canidae", order = "Carnivora", class = "Mammalia" }\n'
+            '"bobcat" = { species = "Lynx rufus", genus = "Lynx", family = "Felidae", order = "Carnivora", class = "Mammalia" }\n'
+            '[names]\n"Canidae" = "dogs, wolves and foxes"\n', encoding="utf-8")
+    return TAXA_MODEL_TITLE
+
+
+def test_identify_rolled_up_answer_shows_group_rank_closest_classes_and_members(page, app_url, tmp_path, taxa_model):
+    import numpy as np
+    from PIL import Image
+
+    # Between the tiny model's gray fox (dark) and coyote (striped) pictures: neither class is sure, the family is.
+    dark = np.asarray(class_image("dark", seed=300, size=(160, 120)), float)
+    striped = np.asarray(class_image("striped", seed=300, size=(160, 120)), float)
+    photo = tmp_path / "between.png"
+    Image.fromarray(np.clip(0.3 * dark + 0.7 * striped, 0, 255).astype(np.uint8)).save(photo)
+    page.set_viewport_size({"width": 1280, "height": 1600})
+    page.goto(app_url)
+    wait_for_app(page)
+    select_model(page, taxa_model)
+    page.get_by_text(f"Model card: {taxa_model}").first.wait_for()
+    page.locator('[data-testid="stFileUploader"] input[type="file"]').first.set_input_files(str(photo))
+    # The group, its rank and its summed probability; then the closest classes.
+    page.get_by_text(re.compile(r"^Family: dogs, wolves and foxes \(Canidae\), 9\d%$")).first.wait_for()
+    wait_for_app(page)
+    closest = page.get_by_text(re.compile(r"Closest classes: (gray fox|coyote) \(\d+%\), (gray fox|coyote) \(\d+%\)\.$"))
+    assert closest.count() == 1
+    assert page.get_by_text(re.compile(r"^Uncertain:")).count() == 0
+    page.get_by_role("heading", name="About this family").wait_for()
+    # What the group is, and the members a hiker meets, each with its own facts one click away.
+    page.get_by_text("Dog family: wolves, coyotes, foxes and dogs · Canidae").first.wait_for()
+    page.get_by_text(re.compile(r"^Members you may meet in North America or Europe")).wait_for()
+    titles = page.locator('[data-testid="stExpander"] summary')
+    assert titles.filter(has_text="Grey wolf · Canis lupus").count() == 1
+    assert titles.filter(has_text="Bobcat · Lynx rufus").count() == 0  # a cat is no member of the dog family
+    wolf = page.get_by_test_id("stExpander").filter(has=page.locator("summary", has_text="Grey wolf · Canis lupus"))
+    titles.filter(has_text="Grey wolf · Canis lupus").click()
+    wolf.get_by_text(re.compile(r"Habitat:")).first.wait_for()
+    wolf.get_by_text(re.compile(r"Print: Front about 10-14 cm long")).first.wait_for()
+    assert page.get_by_test_id("stException").count() == 0
+    page.set_viewport_size({"width": 1280, "height": 2200})
+    page.get_by_text(re.compile(r"^Family: dogs, wolves and foxes")).first.scroll_into_view_if_needed()
+    wait_for_app(page)
+    screenshot(page, "identify-rollup")
