@@ -16,6 +16,9 @@ How it stays fast and safe on tens of thousands of frames:
   camera, full size) to give sequence ids, and a bounded sample of frames gives the median
   background for ``empty_score`` (see :mod:`wildid.background`).  Both are deterministic,
   so a resumed run writes the same values.
+- Rows come from :func:`folder_rows` (one camera folder, or a batch-aligned slice of one);
+  batches never span folders, so the Dask path (:mod:`wildid.cluster`), which runs the same
+  function per folder or slice on its workers, writes the same rows.
 
 The CSV columns are the results-table contract (``COLUMNS``), shared with the dashboard and
 the review page.
@@ -332,14 +335,8 @@ def iter_batch(
         started = time.perf_counter()
         state = {"done": already, "processed": 0, "synced": os.fstat(handle.fileno()).st_size}
 
-        def flush(entries: list[tuple[Decoded, FolderPlan]]) -> BatchProgress:
-            rows = _rows_for(entries, predictor, root, threshold, top_k)
-            try:
-                writer.writerows([[_cell(row[c]) for c in COLUMNS] for row in rows])
-                _sync(handle)
-            except OSError as exc:
-                raise _write_failed(handle, out, state["synced"], exc) from None
-            state["synced"] = os.fstat(handle.fileno()).st_size
+        def flush(rows: list[dict[str, Any]]) -> BatchProgress:
+            state["synced"] = write_rows(handle, writer, out, rows, state["synced"])
             state["done"] += len(rows)
             state["processed"] += len(rows)
             if delay:
@@ -347,34 +344,65 @@ def iter_batch(
             return BatchProgress(state["done"], total, state["processed"], time.perf_counter() - started, rows)
 
         yield BatchProgress(already, total, 0, 0.0, [])
-        in_flight = max(batch_size + 2 * workers, 2 * batch_size)
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wildid-decode") as pool:
-            pending: deque[tuple[Future, FolderPlan]] = deque()
-            entries: list[tuple[Decoded, FolderPlan]] = []
             for folder, files in iter_folders(root, recursive, exclude):
                 todo = [f for f in files if str(f) not in done]
                 if not todo:
                     continue
-                plan = plan_folder(folder, files, root, predictor, pool, sequence_gap, set(todo))
-                for path in todo:
-                    ready = plan.predecoded.pop(path, None)
-                    pending.append((_done_future(ready) if ready else pool.submit(decode, path, predictor), plan))
-                    while len(pending) >= in_flight:
-                        future, owner = pending.popleft()
-                        entries.append((future.result(), owner))
-                        if len(entries) >= batch_size:
-                            yield flush(entries)
-                            entries = []
-            while pending:
-                future, owner = pending.popleft()
-                entries.append((future.result(), owner))
-                if len(entries) >= batch_size:
-                    yield flush(entries)
-                    entries = []
-            if entries:
-                yield flush(entries)
+                for rows in folder_rows(folder, files, todo, root, predictor, pool, threshold=threshold,
+                                        top_k=top_k, batch_size=batch_size, sequence_gap=sequence_gap,
+                                        workers=workers):
+                    yield flush(rows)
     finally:
         handle.close()
+
+
+def folder_rows(folder: Path, files: Sequence[Path], todo: Sequence[Path], root: Path, predictor,
+                pool: ThreadPoolExecutor, *, threshold: float, top_k: int = 5, batch_size: int = 16,
+                sequence_gap: float = DEFAULT_SEQUENCE_GAP, workers: int = 2,
+                plan: FolderPlan | None = None) -> Iterator[list[dict[str, Any]]]:
+    """The result rows of ``todo`` (files of one camera folder, in folder order), batch by batch.
+
+    ``files`` is the whole folder: sequences and the background come from all of it, so any
+    part of a folder gets the rows the whole folder would.  Batches are consecutive runs of
+    ``batch_size`` files of ``todo``; a slice of a folder that starts at a multiple of
+    ``batch_size`` therefore sees the same batches as the whole folder (the Dask path,
+    :mod:`wildid.cluster`, relies on that).  ``plan`` (from :func:`plan_folder`) may be given
+    when several slices share one.  The pool (``workers`` threads) decodes a few batches ahead
+    of the model.
+    """
+    if plan is None:
+        plan = plan_folder(folder, files, root, predictor, pool, sequence_gap, set(todo))
+    in_flight = max(batch_size + 2 * workers, 2 * batch_size)
+    pending: deque[Future] = deque()
+    entries: list[tuple[Decoded, FolderPlan]] = []
+    for path in todo:
+        ready = plan.predecoded.pop(path, None)
+        pending.append(_done_future(ready) if ready else pool.submit(decode, path, predictor))
+        while len(pending) >= in_flight:
+            entries.append((pending.popleft().result(), plan))
+            if len(entries) >= batch_size:
+                yield _rows_for(entries, predictor, root, threshold, top_k)
+                entries = []
+    while pending:
+        entries.append((pending.popleft().result(), plan))
+        if len(entries) >= batch_size:
+            yield _rows_for(entries, predictor, root, threshold, top_k)
+            entries = []
+    if entries:
+        yield _rows_for(entries, predictor, root, threshold, top_k)
+
+
+def write_rows(handle, writer, out: Path, rows: list[dict[str, Any]], synced: int) -> int:
+    """Append ``rows`` to the results, flushed and fsync'ed; returns the new good size.
+
+    A failed write cuts the file back to ``synced`` (the last complete batch) and raises."""
+    try:
+        writer.writerows([[_cell(row[c]) for c in COLUMNS] for row in rows])
+        _sync(handle)
+    except OSError as exc:
+        raise _write_failed(handle, out, synced, exc) from None
+    return os.fstat(handle.fileno()).st_size
 
 
 def _write_failed(handle, out: Path, good_size: int, exc: OSError) -> DataError:
