@@ -199,12 +199,18 @@ def cmd_batch(args: argparse.Namespace) -> int:
     exclude = [p for p in (args.json_out, args.sort_into) if p]
     statuses: dict[str, int] = {}
     likely_empty = 0
-    steps = iter_batch(
-        args.folder, predictor, out, recursive=args.recursive, resume=args.resume, overwrite=args.overwrite,
-        threshold=args.threshold, workers=args.workers, batch_size=args.batch_size,
-        sequence_gap=args.sequence_gap, top_k=args.top_k, exclude=exclude,
-    )
+    options = dict(recursive=args.recursive, resume=args.resume, overwrite=args.overwrite, threshold=args.threshold,
+                   batch_size=args.batch_size, sequence_gap=args.sequence_gap, top_k=args.top_k, exclude=exclude)
+    if args.dask:
+        from wildid.cluster import iter_batch_dask
+
+        steps = iter_batch_dask(args.dask, args.folder, predictor, out, trust=args.trust_checkpoint, **options)
+    else:
+        steps = iter_batch(args.folder, predictor, out, workers=args.workers, **options)
     first = next(steps)
+    if args.dask and not args.quiet:
+        link = f", dashboard {first.dashboard}" if first.dashboard else ""
+        print(f"Dask: {first.workers} worker processes{link}", file=sys.stderr)
     with tqdm(total=first.total, initial=first.done, unit="img", desc="classifying", dynamic_ncols=True,
               disable=args.quiet) as bar:
         last = first
@@ -502,6 +508,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="finish an interrupted run: skip files already in --out")
     p.add_argument("--overwrite", action="store_true", help="start again, replacing an existing --out")
     p.add_argument("--workers", type=int, default=2, help="decode threads (default 2)")
+    p.add_argument("--dask", metavar="ADDRESS", help="run on a Dask cluster: a scheduler address (tcp://host:8786) or "
+                   "local[:N] for N worker processes here; workers must see the images at the same paths")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--empty-threshold", type=float, default=None,
