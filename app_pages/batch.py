@@ -10,7 +10,7 @@ import plotly.express as px
 import streamlit as st
 
 import ui
-from wildid import batch
+from wildid import batch, cluster
 from wildid.background import DEFAULT_EMPTY_THRESHOLD
 from wildid.errors import WildidError
 
@@ -67,6 +67,10 @@ with st.expander("Options"):
     threshold = cols[1].slider("Accept at confidence ≥", 0.0, 1.0, float(card.threshold if card else 0.5), 0.05)
     sequence_gap = cols[2].number_input("Sequence gap (s)", 1.0, 3600.0, 60.0, 5.0)
     batch_size = cols[3].number_input("Batch size", 1, 128, 16)
+    dask_address = st.text_input(
+        "Dask scheduler address (optional)", placeholder="tcp://scheduler:8786",
+        help="run on a Dask cluster instead of this server's cores; its workers must see the folder at the same path",
+    ).strip()
 
 if st.button("Classify", type="primary", disabled=predictor is None):
     try:
@@ -89,8 +93,16 @@ if st.button("Classify", type="primary", disabled=predictor is None):
         progress = st.progress(0.0, text="Reading the folder…")
         live = st.empty()
         recent: deque = deque(maxlen=LIVE_ROWS)
-        for step in batch.iter_batch(folder, predictor, out, recursive=recursive, resume=resume, overwrite=not resume,
-                                     threshold=threshold, batch_size=int(batch_size), sequence_gap=sequence_gap):
+        options = dict(recursive=recursive, resume=resume, overwrite=not resume, threshold=threshold,
+                       batch_size=int(batch_size), sequence_gap=sequence_gap)
+        if dask_address:
+            progress.progress(0.0, text="Connecting to the Dask scheduler…")
+            steps = cluster.iter_batch_dask(dask_address, folder, predictor, out, **options)
+        else:
+            steps = batch.iter_batch(folder, predictor, out, **options)
+        for step in steps:
+            if isinstance(step, cluster.ClusterProgress) and step.processed == 0:
+                st.text(f"Dask: {step.workers} worker processes" + (f", dashboard {step.dashboard}" if step.dashboard else ""))
             progress.progress(step.done / step.total,
                               text=f"{step.done}/{step.total} files · {step.rate:.1f} images/s · ETA {duration(step.eta)}")
             if step.rows:

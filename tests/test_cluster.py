@@ -270,3 +270,30 @@ def test_cli_dask_local_end_to_end_then_stop_and_resume(models_root, tmp_path):
     assert f"{len(kept)} already done" in done.stdout
     written = paths_in(out)
     assert len(written) == len(files) and sorted(written) == sorted(map(str, files))
+
+
+def test_batch_page_runs_on_a_dask_scheduler(models_root, tmp_path, monkeypatch, client):
+    from streamlit.testing.v1 import AppTest
+
+    allowed = tmp_path / "allowed"
+    files = make_cameras(allowed / "site", per_camera=4, cameras=2)
+    monkeypatch.setenv("WILDID_ALLOWED_ROOT", str(allowed))
+    at = AppTest.from_file(str(PROJECT_ROOT / "app_pages" / "batch.py"), default_timeout=240)
+    at.session_state["model_name"] = "tiny"
+    at.run()
+    [folder] = [t for t in at.text_input if t.label == "Folder"]
+    folder.input("site")
+    [address] = [t for t in at.text_input if t.label.startswith("Dask scheduler address")]
+    address.input(client.scheduler.address)
+    at.run()
+    at.button[0].click().run()
+    assert not at.exception and not at.error
+    assert any(t.value.startswith("Dask: 2 worker processes") for t in at.text)
+    metrics = {m.label: m.value for m in at.metric if m.label in ("Files", "Errors")}
+    assert metrics == {"Files": str(len(files)), "Errors": "1"}
+    assert sorted(paths_in(Path(at.session_state["batch_results"]))) == sorted(map(str, files))
+    # An address where nothing answers: one line on the page, no traceback.
+    address = [t for t in at.text_input if t.label.startswith("Dask scheduler address")][0]
+    address.input(f"tcp://127.0.0.1:{_free_port()}").run()
+    at.button[0].click().run()
+    assert not at.exception and any("no Dask scheduler answers" in e.value for e in at.error)

@@ -96,9 +96,12 @@ class _Connection:
     """A Client, and the LocalCluster behind it when this process started one."""
 
     def __init__(self, target: str, timeout: float, dashboard: bool):
-        from distributed import Client, LocalCluster
-
         spec = parse_target(target)
+        try:
+            from distributed import Client, LocalCluster
+        except ImportError:
+            raise ClusterError("Dask is not installed here: pip install 'wildid[cluster]' (dask[distributed])") from None
+
         self.cluster = None
         if spec.address is None:
             self.cluster = LocalCluster(n_workers=spec.workers, threads_per_worker=spec.threads_per_worker,
