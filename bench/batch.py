@@ -116,28 +116,38 @@ def bare_rate(predictor, card: ModelCard, batch_size: int, images: int) -> float
     return batch_size / statistics.median(times)
 
 
-def pipeline_rate(folder: Path, predictor, out: Path, workers: int, batch_size: int) -> float:
+def pipeline_rate(folder: Path, predictor, out: Path, workers: int, batch_size: int) -> tuple[float, float]:
+    """(images/s, process CPU milliseconds per image)."""
     from wildid.batch import run_batch
 
+    cpu = time.process_time()
     summary = run_batch(folder, predictor, out, overwrite=True, workers=workers, batch_size=batch_size)
+    cpu = time.process_time() - cpu
     assert summary.processed == summary.total and summary.statuses.get("error", 0) == 0, summary
-    return summary.rate
+    return summary.rate, 1000 * cpu / summary.processed
 
 
-def dask_rate(folder: Path, predictor, out: Path, workers: int, batch_size: int) -> tuple[float, float]:
-    """(images/s from the first progress on, seconds before it: cluster start, model shipping)."""
-    from wildid.cluster import iter_batch_dask
+def dask_rate(folder: Path, predictor, out: Path, workers: int, batch_size: int) -> tuple[float, float, float]:
+    """(images/s from the first progress on, seconds before it (cluster start, model shipping),
+    CPU milliseconds per image of the workers and this process together, over the run)."""
+    from wildid.cluster import Connection, iter_batch_dask
 
     started = time.perf_counter()
-    steps = iter_batch_dask(f"local:{workers}", folder, predictor, out, overwrite=True, batch_size=batch_size,
-                            dashboard=False)
-    next(steps)
-    startup = time.perf_counter() - started
-    last = None
-    for last in steps:
-        pass
+    connection = Connection(f"local:{workers}", timeout=10, dashboard=False)  # what `--dask local:N` starts
+    client = connection.client
+    try:
+        steps = iter_batch_dask(client, folder, predictor, out, overwrite=True, batch_size=batch_size)
+        next(steps)
+        startup = time.perf_counter() - started
+        cpu = time.process_time() + sum(client.run(time.process_time).values())
+        last = None
+        for last in steps:
+            pass
+        cpu = time.process_time() + sum(client.run(time.process_time).values()) - cpu
+    finally:
+        connection.close()
     assert last is not None and last.done == last.total, last
-    return last.rate, startup
+    return last.rate, startup, 1000 * cpu / last.processed
 
 
 def cpu_ms(function, items: list, rounds: int = 1) -> float:
@@ -275,18 +285,18 @@ def main() -> None:
         naive = naive_rate(files[: args.naive_n], card, model)
         bare_torch = bare_rate(eager, card, args.batch_size, min(args.n, 64))
         bare_onnx = bare_rate(ort, card, args.batch_size, min(args.n, 128))
-        piped = pipeline_rate(folder, ort, work / f"results-{arch}.csv", args.workers, args.batch_size)
-        dask_cols, clustered, startup = "", None, None
+        piped, piped_cpu = pipeline_rate(folder, ort, work / f"results-{arch}.csv", args.workers, args.batch_size)
+        dask_cols, clustered, startup, dask_cpu = "", None, None, None
         if args.dask_workers:
-            clustered, startup = dask_rate(folder, ort, work / f"results-{arch}-dask.csv", args.dask_workers,
-                                           args.batch_size)
+            clustered, startup, dask_cpu = dask_rate(folder, ort, work / f"results-{arch}-dask.csv",
+                                                     args.dask_workers, args.batch_size)
             dask_cols = f" {clustered:13.1f} {clustered / piped:13.2f}"
         print(f"{arch:10} {naive:8.2f} {bare_torch:11.1f} {bare_onnx:10.1f} {piped:13.1f} "
               f"{piped / naive:7.1f}x {100 * piped / bare_onnx:6.0f}%{dask_cols}", flush=True)
         costs = per_image_costs(files[: args.cost_n], card, onnx_paths[arch], args.batch_size)
-        limits.append((arch, costs, piped, clustered, startup))
+        limits.append((arch, costs, piped, clustered, startup, piped_cpu, dask_cpu))
 
-    for arch, costs, piped, clustered, startup in limits:
+    for arch, costs, piped, clustered, startup, piped_cpu, dask_cpu in limits:
         per_image = costs["decode"] + costs["forward"]
         limit = 1000 * cores / per_image
         line = (f"\n{arch}: single-node limit = {cores} cores / (decode {costs['decode']:.1f} + forward "
@@ -296,6 +306,11 @@ def main() -> None:
             line += (f", dask local:{args.dask_workers} {clustered:.1f} = {100 * clustered / limit:.0f}% "
                      f"(+{startup:.1f} s cluster start-up before the first task)")
         print(line)
+        line = (f"  CPU spent per image: wildid batch {piped_cpu:.1f} core-ms = {100 * per_image / piped_cpu:.0f}% useful "
+                f"(decode + forward)")
+        if dask_cpu is not None:
+            line += f", dask local:{args.dask_workers} {dask_cpu:.1f} core-ms = {100 * per_image / dask_cpu:.0f}% useful"
+        print(line + f"; load average at the end {os.getloadavg()[0]:.1f}")
         decoders = ", ".join(f"{name} {ms:.1f}" for name, ms in costs.items() if name not in ("decode", "forward"))
         print(f"  JPEG decode alone, core-ms per 12 MP frame: {decoders}", flush=True)
 

@@ -108,7 +108,7 @@ def test_slices_with_a_shared_plan_give_the_whole_folder_rows(models_root, tmp_p
     options = {"threshold": 0.5, "top_k": 3, "batch_size": 4, "sequence_gap": 60.0}
     with ThreadPoolExecutor(2) as pool:
         whole = [row for rows in folder_rows(folder, files, files, root, predictor, pool, **options) for row in rows]
-        plan = plan_folder(folder, files, root, predictor, pool, 60.0, todo=set())
+        plan = plan_folder(folder, files, root, predictor, pool, 60.0, todo=set(files))  # sampled frames ride along, as in plan_task
         sliced = [row for start in range(0, len(files), 4)
                   for rows in folder_rows(folder, [], files[start:start + 4], root, predictor, pool, plan=plan, **options)
                   for row in rows]
