@@ -97,3 +97,34 @@ def show_card(card: ModelCard, expanded: bool = False) -> None:
 
 def show_error(exc: Exception) -> None:
     st.error(str(exc))
+
+
+def camtrap_export(results_path, key: str, empty_threshold: float | None = None) -> None:
+    """Button: the results (+ review journal) as a Camtrap DP 1.0 zip, what to fill in, download."""
+    from pathlib import Path
+
+    from wildid.camtrap import export_zip
+
+    results_path = Path(results_path)
+    stamp = results_path.stat().st_mtime_ns if results_path.exists() else 0
+    state_key = f"{key}_camtrap"
+    if st.button("Export Camtrap DP", key=f"{key}_camtrap_button",
+                 help="a Camera Trap Data Package (TDWG standard) for GBIF, Agouti, Wildlife Insights"):
+        try:
+            data, summary = export_zip(results_path, empty_threshold=empty_threshold)
+            st.session_state[state_key] = (str(results_path), stamp, data, summary)
+        except (WildidError, OSError) as exc:
+            st.error(str(exc))
+    saved = st.session_state.get(state_key)
+    if not saved or saved[:2] != (str(results_path), stamp):
+        return
+    _, _, data, summary = saved
+    st.success("Camtrap DP 1.0 package: " + ", ".join(f"{n} {t}" for t, n in summary.counts.items()))
+    if summary.to_fill:
+        st.warning("Required fields to fill in before publishing (the results could not give them):")
+        st.text("\n".join(f"• {item}" for item in summary.to_fill))  # labels are untrusted text
+    if summary.notes:
+        st.caption("Defaults to check:")
+        st.text("\n".join(f"• {note}" for note in summary.notes))
+    st.download_button("Download Camtrap DP (zip)", data, file_name=f"{results_path.stem}-camtrap-dp.zip",
+                       mime="application/zip", key=f"{key}_camtrap_download")

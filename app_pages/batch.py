@@ -10,8 +10,9 @@ import plotly.express as px
 import streamlit as st
 
 import ui
-from wildid import batch, cluster
-from wildid.background import DEFAULT_EMPTY_THRESHOLD
+from wildid import batch, cluster, detections
+from wildid.background import DEFAULT_EMPTY_THRESHOLD, BackgroundRegions
+from wildid.detections import DEFAULT_DETECTION_THRESHOLD
 from wildid.errors import WildidError
 
 LIVE_ROWS = 200
@@ -67,6 +68,14 @@ with st.expander("Options"):
     threshold = cols[1].slider("Accept at confidence ≥", 0.0, 1.0, float(card.threshold if card else 0.5), 0.05)
     sequence_gap = cols[2].number_input("Sequence gap (s)", 1.0, 3600.0, 60.0, 5.0)
     batch_size = cols[3].number_input("Batch size", 1, 128, 16)
+    crop_mode = st.radio("Classify", ["Whole frames", "Background crop (fixed cameras)", "MegaDetector boxes"],
+                         horizontal=True, help="Background crop: the largest change against the camera folder's "
+                         "median background. MegaDetector boxes: each animal box of a MegaDetector output file.")
+    detections_upload = None
+    if crop_mode == "MegaDetector boxes":
+        detections_upload = st.file_uploader("MegaDetector output (JSON, format 1.x)", type=["json"])
+        detection_threshold = st.slider("Animal boxes at detector confidence ≥", 0.0, 1.0,
+                                        DEFAULT_DETECTION_THRESHOLD, 0.05)
     dask_address = st.text_input(
         "Dask scheduler address (optional)", placeholder="tcp://scheduler:8786",
         help="run on a Dask cluster instead of this server's cores; its workers must see the folder at the same path",
@@ -88,13 +97,22 @@ if st.button("Classify", type="primary", disabled=predictor is None):
                 raise WildidError("choose a zip file to upload")
             folder, key = batch.extract_zip(archive, fresh(work / "zip")), "zip"
             resume = False
+        regions = None
+        if crop_mode == "Background crop (fixed cameras)":
+            regions = BackgroundRegions()
+        elif crop_mode == "MegaDetector boxes":
+            if detections_upload is None:
+                raise WildidError("choose the MegaDetector output file (JSON) for these images")
+            md_path = work / "megadetector.json"
+            md_path.write_bytes(detections_upload.getvalue())
+            regions = detections.DetectorRegions(detections.read_detections(md_path, folder), detection_threshold)
         out = work / f"results-{key}.csv"
         resume = resume and out.exists()
         progress = st.progress(0.0, text="Reading the folder…")
         live = st.empty()
         recent: deque = deque(maxlen=LIVE_ROWS)
         options = dict(recursive=recursive, resume=resume, overwrite=not resume, threshold=threshold,
-                       batch_size=int(batch_size), sequence_gap=sequence_gap)
+                       batch_size=int(batch_size), sequence_gap=sequence_gap, regions=regions)
         if dask_address:
             progress.progress(0.0, text="Connecting to the Dask scheduler…")
             steps = cluster.iter_batch_dask(dask_address, folder, predictor, out, **options)
@@ -119,7 +137,9 @@ if results and Path(results).exists():
     frame = batch.results_frame(results)
     st.subheader("Results")
     counts = frame["status"].value_counts()
-    cols = st.columns(4)
+    cols = st.columns(5 if counts.get("empty") else 4)
+    if counts.get("empty"):
+        cols[4].metric("Empty (no animal box)", int(counts.get("empty", 0)))
     cols[0].metric("Files", len(frame))
     cols[1].metric("Accepted", int(counts.get("accepted", 0)))
     cols[2].metric("To review", int(counts.get("review", 0)))
@@ -131,7 +151,9 @@ if results and Path(results).exists():
     likely_empty = frame["empty_score"] >= empty_threshold
     hide_empty = st.checkbox(f"Hide {int(likely_empty.sum())} likely empty frames", value=True)
     shown = frame[~likely_empty] if hide_empty else frame
-    st.dataframe(shown[TABLE_COLUMNS], hide_index=True, width="stretch")
+    boxed = bool(frame["box_source"].astype(str).str.len().gt(0).any()) if "box_source" in frame else False
+    st.dataframe(shown[TABLE_COLUMNS + (["box_source", "detection_count", "box"] if boxed else [])],
+                 hide_index=True, width="stretch")
     classified = frame[frame["status"] != "error"]
     if len(classified):
         figure = px.histogram(classified, x="confidence", color="status", range_x=[0, 1],
@@ -145,3 +167,4 @@ if results and Path(results).exists():
                             mime="text/csv")
     cols[1].download_button("Download JSON (MegaDetector / Timelapse format)", json_path.read_bytes(),
                             file_name="wildid_results.json", mime="application/json")
+    ui.camtrap_export(results, "batch", empty_threshold)

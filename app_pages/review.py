@@ -13,6 +13,7 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
+import ui
 from wildid import registry, review
 from wildid.errors import WildidError
 from wildid.imaging import load_image
@@ -326,3 +327,5 @@ with export_col:
         st.download_button("Download labels.csv", summary.labels_csv.read_bytes(), file_name="labels.csv", mime="text/csv",
                            key="rv_export_download")
         st.code(f"wildid train '{summary.labels_csv}' --groups group --out models/my-model", language="bash")
+st.write("Results and reviewed labels (human classifications) as a Camtrap DP 1.0 package.")
+ui.camtrap_export(results_path, "review")

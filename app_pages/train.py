@@ -5,12 +5,13 @@ import plotly.express as px
 import streamlit as st
 
 from wildid import train as tr
+from wildid.backbones import packaged_weights_for
 from wildid.errors import WildidError
 from wildid.registry import default_output_root
 
 JOB_KEY = "train_job"
-ARCHS = ["efficientnet_lite0", "resnet18", "resnet50", "vit_base_patch16_224", "torchvision:resnet18"]
-WEIGHTS = {"package": "package (EfficientNet-Lite0 ImageNet, offline)", "hub": "hub (downloads; needs internet)",
+ARCHS = ["tf_efficientnet_lite0", "tf_efficientnet_lite2", "resnet18", "resnet50", "vit_base_patch16_224", "torchvision:resnet18"]
+WEIGHTS = {"package": "package (EfficientNet-Lite0/Lite2 ImageNet, offline)", "hub": "hub (downloads; needs internet)",
            "path": "local weights file", "none": "none (random init, for tests)"}
 
 st.title("Train a model")
@@ -51,8 +52,8 @@ if submitted:
             raise WildidError("give the model a simple name (letters, digits, - or _), it becomes models/NAME")
         chosen_arch = custom_arch.strip() or arch
         weights = weights_path.strip() if weights_choice == "path" else weights_choice
-        if weights_choice == "package" and chosen_arch != "efficientnet_lite0":
-            raise WildidError(f"packaged weights exist for efficientnet_lite0 only; for {chosen_arch} pick a "
+        if weights_choice == "package" and packaged_weights_for(chosen_arch) is None:
+            raise WildidError(f"packaged weights exist for tf_efficientnet_lite0 and tf_efficientnet_lite2 only; for {chosen_arch} pick a "
                               f"local weights file, the hub, or none (random init) under Advanced")
         config = tr.TrainConfig(arch=chosen_arch, mode=mode, weights=weights or None, epochs=int(epochs) or None,
                                 folds=int(folds), nir=nir, batch_size=int(batch_size), unfreeze=int(unfreeze),

@@ -26,7 +26,7 @@ from wildid.backbones import build_model, default_data_config  # noqa: E402
 from wildid.cards import ModelCard  # noqa: E402
 from wildid.predictor import OnnxPredictor, TorchPredictor, export_onnx  # noqa: E402
 
-ARCHS = ["resnet18", "resnet50", "vit_base_patch16_224", "efficientnet_lite0"]
+ARCHS = ["resnet18", "resnet50", "vit_base_patch16_224", "tf_efficientnet_lite0", "tf_efficientnet_lite2"]
 
 
 def images_per_second(predictor, batch: torch.Tensor, repeats: int) -> float:

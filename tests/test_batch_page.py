@@ -74,3 +74,26 @@ def test_model_without_weights_disables_the_run(models_root, allowed):
     assert not at.exception
     assert any("no weights yet" in i.value for i in at.info)
     assert at.button[0].disabled
+
+
+def test_background_crop_run_and_camtrap_export(models_root, allowed):
+    import csv
+    import io
+    import zipfile
+
+    at = page()
+    at.text_input[0].input("site1").run()
+    [r for r in at.radio if r.label == "Classify"][0].set_value("Background crop (fixed cameras)").run()
+    at.button[0].click().run()
+    assert not at.exception and not at.error
+    table = at.dataframe[-1].value
+    assert "box_source" in table.columns
+    at.button(key="batch_camtrap_button").click().run()
+    assert not at.exception and not at.error
+    assert any("Camtrap DP 1.0 package" in s.value and "7 media" in s.value for s in at.success)
+    _, _, data, summary = at.session_state["batch_camtrap"]
+    assert summary.counts["media"] == 7  # the broken file is not media
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        media = list(csv.DictReader(io.StringIO(archive.read("media.csv").decode())))
+    assert sorted(m["filePath"] for m in media) == [f"cam/IMG_{i:04d}.jpg" for i in range(7)]
+    assert len(at.get("download_button")) == 3

@@ -123,3 +123,27 @@ def test_outside_allowed_root_and_export(workdir, tmp_path_factory):
     assert not at.exception
     assert [p.name for p in (workdir / "train-set" / "bobcat").iterdir()] == ["cam1__img010.jpg"]
     assert hashlib.sha256(results.read_bytes()).hexdigest() == results_hash
+
+
+def test_camtrap_export_has_the_reviewed_labels_as_human_classifications(workdir):
+    import csv
+    import io
+    import zipfile
+
+    results = make_results(workdir)
+    frame = review.read_results(results)
+    at = open_page(results)
+    at.text_input(key="rv_reviewer").set_value("ana").run()
+    at.button(key="rv_c2_0").click().run()  # row 11 -> coyote
+    at.button(key="review_camtrap_button").click().run()
+    assert not at.exception and not at.error
+    assert any("Camtrap DP 1.0 package" in s.value for s in at.success)
+    assert any("latitude / longitude" in t.value for t in at.text)  # generated images have no GPS
+    _, _, data, summary = at.session_state["review_camtrap"]
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        observations = list(csv.DictReader(io.StringIO(archive.read("observations.csv").decode())))
+    media_of = {frame.loc[i, "path"]: frame.loc[i, "relpath"] for i in frame.index}
+    human = [o for o in observations if o["classificationMethod"] == "human"]
+    assert [(o["mediaID"], o["classifiedBy"], o["scientificName"]) for o in human] == [
+        (media_of[frame.loc[11, "path"]], "ana", "Canis latrans")]
+    assert summary.counts["media"] == 12

@@ -77,7 +77,7 @@ def test_train_page_bad_inputs(workdir, tmp_path):
 
     fill(at, "data", arch="resnet18", weights="package")
     submit(at)
-    assert any("packaged weights exist for efficientnet_lite0 only" in e.value for e in at.error)
+    assert any("packaged weights exist for tf_efficientnet_lite0 and tf_efficientnet_lite2 only" in e.value for e in at.error)
 
 
 def test_training_job_stop(workdir):

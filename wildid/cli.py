@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -145,6 +146,21 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- export camtrap-dp ------------------------------------------------------------------------
+def cmd_export(args: argparse.Namespace) -> int:
+    from wildid.camtrap import export_camtrap_dp
+
+    summary = export_camtrap_dp(args.results, args.out, utc_offset=args.utc_offset, title=args.title,
+                                contributor=args.contributor, empty_threshold=args.empty_threshold,
+                                overwrite=args.overwrite)
+    print(summary.describe())
+    for item in summary.to_fill:
+        print(f"to fill in: {item}")
+    for note in summary.notes:
+        print(f"note: {note}")
+    return 0
+
+
 # --- evaluate --------------------------------------------------------------------------------
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
@@ -164,6 +180,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     bundle = ev.evaluate(
         args.data, args.model or [], threshold=args.threshold, truth=args.truth, population=args.population,
         crops=args.crops, progress=progress, backend=args.backend,
+        prepare=(lambda data: cropped_data(args, data)) if (args.detections or args.crop) else None,
     )
     for report in bundle["models"]:
         s = report["summary"]
@@ -194,13 +211,15 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
     if args.sort_into and Path(args.sort_into).expanduser().resolve().is_relative_to(Path(args.folder).expanduser().resolve()):
         raise WildidError("--sort-into must lie outside the folder being classified")
+    regions = regions_from_args(args, args.folder)
     predictor = predictor_from_args(args)
     out = Path(args.out)
     exclude = [p for p in (args.json_out, args.sort_into) if p]
     statuses: dict[str, int] = {}
     likely_empty = 0
     options = dict(recursive=args.recursive, resume=args.resume, overwrite=args.overwrite, threshold=args.threshold,
-                   batch_size=args.batch_size, sequence_gap=args.sequence_gap, top_k=args.top_k, exclude=exclude)
+                   batch_size=args.batch_size, sequence_gap=args.sequence_gap, top_k=args.top_k, exclude=exclude,
+                   regions=regions)
     if args.dask:
         from wildid.cluster import iter_batch_dask
 
@@ -223,6 +242,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
                 likely_empty += args.empty_threshold is not None and score is not None and score >= args.empty_threshold
     rate = last.processed / last.elapsed if last.elapsed > 0 else 0.0
     counts = ", ".join(f"{statuses.get(s, 0)} {s}" for s in ("accepted", "review", "error"))
+    if regions is not None and getattr(regions, "file", None) is not None:
+        counts += f", {statuses.get('empty', 0)} empty (no animal box)"
     if args.empty_threshold is not None:
         counts += f"; {likely_empty} likely empty at empty_score >= {args.empty_threshold}"
     print(f"{last.processed} files classified ({counts}), {first.done} already done, {rate:.1f} images/s -> {out}")
@@ -233,6 +254,46 @@ def cmd_batch(args: argparse.Namespace) -> int:
         sorted_counts = sort_into(out, args.sort_into, args.sort_mode, args.empty_threshold)
         print(f"{args.sort_mode}: {sum(sorted_counts.values())} files into {args.sort_into}")
     return 1 if statuses.get("error") else 0
+
+
+def add_region_options(parser: argparse.ArgumentParser) -> None:
+    from wildid.detections import DEFAULT_DETECTION_THRESHOLD
+
+    parser.add_argument("--detections", metavar="MD.json",
+                        help="MegaDetector batch output (format 1.x) for these images: classify each animal box")
+    parser.add_argument("--detection-threshold", type=float, default=DEFAULT_DETECTION_THRESHOLD,
+                        help=f"animal boxes at or above this detector confidence are classified "
+                             f"(default {DEFAULT_DETECTION_THRESHOLD}, MegaDetector v5's suggested starting point)")
+    parser.add_argument("--crop", choices=("background",), default=None,
+                        help="background: crop each frame to its largest change against the camera folder's "
+                             "median background (fixed cameras, no detector)")
+
+
+def regions_from_args(args: argparse.Namespace, root):
+    """The batch's region source from --detections / --crop (None: whole frames)."""
+    from wildid import background, detections
+
+    if args.detections and args.crop:
+        raise WildidError("use either --detections or --crop background, not both")
+    if args.detections:
+        return detections.DetectorRegions(detections.read_detections(args.detections, root), args.detection_threshold)
+    if args.crop == "background":
+        return background.BackgroundRegions()
+    return None
+
+
+def cropped_data(args: argparse.Namespace, data):
+    """Labelled data with crops from --detections or --crop background (train, evaluate)."""
+    from wildid import background, detections
+
+    if args.detections and args.crop:
+        raise WildidError("use either --detections or --crop background, not both")
+    if args.detections:
+        found = detections.read_detections(args.detections, detections.data_root(data))
+        return detections.with_detections(data, found, args.detection_threshold)
+    if args.crop == "background":
+        return background.with_background_crops(data)
+    return data
 
 
 # --- train -----------------------------------------------------------------------------------
@@ -246,8 +307,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, lr=args.lr, unfreeze=args.unfreeze, step=args.step, seed=args.seed,
         task=args.task, title=args.title or "", workers=args.workers, cache=not args.no_cache,
     )
-    data = load_labelled(args.data, groups=args.groups)
+    data = cropped_data(args, load_labelled(args.data, groups=args.groups))
     command = command_line(args.data, args.out, config, groups=args.groups, overwrite=args.overwrite)
+    if args.detections:
+        command += f" --detections {shlex.quote(args.detections)} --detection-threshold {args.detection_threshold:g}"
+    elif args.crop:
+        command += f" --crop {args.crop}"
     bar = None
 
     def progress(p) -> None:
@@ -485,6 +550,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-checkpoint", action="store_true")
     p.set_defaults(func=cmd_export_onnx)
 
+    p = sub.add_parser("export", help="export results in a standard format (camtrap-dp)")
+    export_sub = p.add_subparsers(dest="export_format", required=True)
+    e = export_sub.add_parser("camtrap-dp", help="a results CSV (+ its review journal) as a Camtrap DP 1.0 package")
+    e.add_argument("results", help="results CSV from `wildid batch` (reviewed labels: <stem>.reviewed.csv beside it)")
+    e.add_argument("out", help="new folder for datapackage.json, deployments.csv, media.csv, observations.csv")
+    e.add_argument("--utc-offset", help="offset of the cameras' clocks for EXIF times without one, e.g. +01:00 "
+                   "(default +00:00)")
+    e.add_argument("--title", help="package and project title (default: from the folder name)")
+    e.add_argument("--contributor", help="name of the person or organisation behind the data")
+    e.add_argument("--empty-threshold", type=float, default=None,
+                   help="frames with empty_score at or above this become blank observations")
+    e.add_argument("--overwrite", action="store_true", help="write into a non-empty folder")
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser("evaluate", help="confusion matrix, per-class metrics, confidence bins, calibration")
     p.add_argument("data", nargs="+", help="labelled folder (one sub-folder per class) or CSV path,label; "
                    "or results CSV(s) from `wildid batch` with --truth or a reviewed journal beside them")
@@ -496,6 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=("torch", "onnx"), default="torch")
     p.add_argument("--out", help="write the report as JSON")
     p.add_argument("--html", help="write a self-contained HTML report (works offline)")
+    add_region_options(p)
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
 
@@ -519,6 +599,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json-out", help="also write MegaDetector/Timelapse-style JSON here")
     p.add_argument("--sort-into", help="copy (or symlink) files into DIR/<label>/ after classifying")
     p.add_argument("--sort-mode", choices=("copy", "symlink"), default="copy", help="never moves files")
+    add_region_options(p)
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_batch)
 
@@ -546,6 +627,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="image-decoding threads")
     p.add_argument("--no-cache", action="store_true", help="do not reuse cached backbone features")
     p.add_argument("--overwrite", action="store_true", help="replace a trained model in --out")
+    add_region_options(p)
     p.add_argument("--quiet", "-q", action="store_true")
     p.set_defaults(func=cmd_train)
 

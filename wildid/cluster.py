@@ -226,7 +226,8 @@ def _check_readable(folder: Path, worker=None) -> None:
                            f"file system)") from None
 
 
-def plan_task(plugin_name: str, folder: Path, files: list[Path], todo: list[Path], root: Path, sequence_gap: float):
+def plan_task(plugin_name: str, folder: Path, files: list[Path], todo: list[Path], root: Path, sequence_gap: float,
+              regions=None):
     """Headers and background sample of a whole folder, for the slice tasks that share it.
 
     The sampled frames still to do travel with the plan (decoded, about 0.6 MB each at
@@ -234,11 +235,11 @@ def plan_task(plugin_name: str, folder: Path, files: list[Path], todo: list[Path
     _check_readable(folder)
     predictor = _worker_predictor(plugin_name)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="wildid-decode") as pool:
-        return plan_folder(folder, files, root, predictor, pool, sequence_gap, todo=set(todo))
+        return plan_folder(folder, files, root, predictor, pool, sequence_gap, set(todo), regions)
 
 
 def rows_task(plugin_name: str, folder: Path, files: list[Path], todo: list[Path], root: Path,
-              options: dict[str, Any], plan=None) -> list[dict[str, Any]]:
+              options: dict[str, Any], plan=None, regions=None) -> list[dict[str, Any]]:
     """The rows of ``todo`` (a folder, or a batch-aligned slice of it given its folder's plan).
 
     A plan may be shared by several slice tasks on one worker: each takes (pops) only its own
@@ -248,7 +249,8 @@ def rows_task(plugin_name: str, folder: Path, files: list[Path], todo: list[Path
     delay = float(os.environ.get(DELAY_ENV, "0") or 0)  # test hook: slow tasks, to kill a worker mid-task
     rows: list[dict[str, Any]] = []
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="wildid-decode") as pool:
-        for batch_rows in folder_rows(folder, files, todo, root, predictor, pool, workers=1, plan=plan, **options):
+        for batch_rows in folder_rows(folder, files, todo, root, predictor, pool, workers=1, plan=plan,
+                                      regions=regions, **options):
             rows.extend(batch_rows)
             if delay:
                 time.sleep(delay)
@@ -298,12 +300,14 @@ def iter_batch_dask(
     files_per_task: int | None = None,
     connect_timeout: float = CONNECT_TIMEOUT,
     dashboard: bool = True,
+    regions=None,
 ) -> Iterator[ClusterProgress]:
     """Like :func:`wildid.batch.iter_batch`, with the work done by a Dask cluster; yields after
     each completed task.  ``target``: a scheduler address, ``local[:N]`` or a Client.
 
     The first progress (no rows) comes once the cluster answers, with the totals and the
     dashboard link.  ``files_per_task`` (rounded up to whole batches) overrides the slice size.
+    ``regions`` (MegaDetector boxes, background crops) is sent to each worker once.
     """
     root = Path(os.path.abspath(Path(root).expanduser()))
     out = Path(os.path.abspath(Path(out).expanduser()))
@@ -333,6 +337,8 @@ def iter_batch_dask(
         if files_per_task:
             step = math.ceil(files_per_task / batch_size) * batch_size
         options = {"threshold": threshold, "top_k": top_k, "batch_size": batch_size, "sequence_gap": sequence_gap}
+        # A MegaDetector file can be large: each worker fetches it once, not once per task.
+        shared_regions = client.scatter(regions, hash=False) if regions is not None else None
         link = _dashboard_link(client)
         workers = len(client.nthreads())
 
@@ -342,14 +348,14 @@ def iter_batch_dask(
                 if not todo:
                     continue
                 if len(todo) <= step:
-                    yield client.submit(rows_task, shipment.name, folder, files, todo, root, options,
-                                        key=_key("wildid-rows"))
+                    yield client.submit(rows_task, shipment.name, folder, files, todo, root, options, None,
+                                        shared_regions, key=_key("wildid-rows"))
                     continue
                 plan = client.submit(plan_task, shipment.name, folder, files, todo, root, sequence_gap,
-                                     key=_key("wildid-plan"))
+                                     shared_regions, key=_key("wildid-plan"))
                 for start in range(0, len(todo), step):
                     yield client.submit(rows_task, shipment.name, folder, [], todo[start:start + step], root, options,
-                                        plan, key=_key("wildid-rows"))
+                                        plan, shared_regions, key=_key("wildid-rows"))
 
         from distributed import as_completed
 

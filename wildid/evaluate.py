@@ -35,6 +35,7 @@ from wildid import metrics as M
 from wildid.datasets import Sample
 from wildid.errors import DataError, ImageError, WildidError
 from wildid.imaging import crop as crop_image
+from wildid.imaging import load_image
 
 CsvSource = Union[str, os.PathLike, BinaryIO, io.StringIO]
 Progress = Callable[[int, int], None]
@@ -116,9 +117,11 @@ def run_predictor(
         tensors, kept = [], []
         for item in chunk:
             try:
-                img = predictor.load(str(item.path))
                 if use_crops and item.crop is not None:
-                    img = crop_image(img, item.crop)
+                    # A crop is in the original's pixels: decode at full size (no JPEG draft).
+                    img = crop_image(load_image(str(item.path)), item.crop)
+                else:
+                    img = predictor.load(str(item.path))
                 tensors.append(predictor.preprocess(img))
                 kept.append(item)
             except ImageError as exc:
@@ -354,8 +357,12 @@ def evaluate(
     crops: bool = False,
     progress: Callable[[str, int, int], None] | None = None,
     backend: str = "torch",
+    prepare: Callable[[Any], Any] | None = None,
 ) -> dict[str, Any]:
-    """The CLI's entry: DATA is labelled data (run each model) or results CSV(s) (+ truth or journal)."""
+    """The CLI's entry: DATA is labelled data (run each model) or results CSV(s) (+ truth or journal).
+
+    ``prepare`` maps the labelled data before it is run (crops from MegaDetector boxes or the
+    background); the crops are then used, or compared with full frames when ``crops``."""
     from wildid.registry import load_predictor
 
     data_paths = [Path(d).expanduser() for d in ([data] if isinstance(data, (str, os.PathLike)) else data)]
@@ -368,7 +375,10 @@ def evaluate(
         return combine(reports, ", ".join(map(str, data_paths)))
     if len(data_paths) != 1:
         raise DataError("give one labelled folder or CSV, or one or more results CSVs")
-    items = load_labelled(data_paths[0])
+    labelled = datasets.load_labelled(data_paths[0])
+    if prepare is not None:
+        labelled = prepare(labelled)
+    items = list(labelled.samples)
     if not models:
         raise DataError("labelled data needs at least one --model to evaluate")
     has_crops = any(item.crop for item in items)
@@ -376,7 +386,7 @@ def evaluate(
         raise DataError(f"{data_paths[0]}: --crops needs a 'crop' column (x,y,w,h) in the labelled CSV")
     for model in models:
         predictor = load_predictor(model, backend=backend)
-        variants = [(False, predictor.card.name)]
+        variants = [(prepare is not None, predictor.card.name)]
         if crops:
             variants = [(False, f"{predictor.card.name} full-frame"), (True, f"{predictor.card.name} cropped")]
         for use_crops, name in variants:

@@ -113,6 +113,36 @@ def read_metadata(path: str | os.PathLike) -> FrameMetadata:
         return FrameMetadata()
 
 
+TAG_GPS_IFD = 0x8825
+
+
+def read_gps(path: str | os.PathLike) -> tuple[float, float] | None:
+    """(latitude, longitude) in decimal degrees from EXIF GPS tags, or None (header-only read)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(Path(path)) as img:
+                if img.format in _EXIF_DECODES_PIXELS and "exif" not in img.info:
+                    return None
+                gps = img.getexif().get_ifd(TAG_GPS_IFD)
+        lat = _degrees(gps.get(2), gps.get(1), "S")
+        lon = _degrees(gps.get(4), gps.get(3), "W")
+    except Exception:  # noqa: BLE001 - garbage GPS is no GPS
+        return None
+    if lat is None or lon is None or not (-90 <= lat <= 90 and -180 <= lon <= 180):
+        return None
+    return lat, lon
+
+
+def _degrees(value, ref, negative: str) -> float | None:
+    if value is None or len(value) != 3:
+        return None
+    degrees, minutes, seconds = (float(v) for v in value)
+    result = degrees + minutes / 60.0 + seconds / 3600.0
+    ref = _clean(ref).upper()
+    return -result if ref == negative else result
+
+
 def assign_sequences(
     frames: Iterable[tuple[Hashable, datetime | None]],
     gap_seconds: float = DEFAULT_SEQUENCE_GAP,

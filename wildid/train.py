@@ -189,13 +189,16 @@ def _stopped(stop: StopFlag) -> bool:
 
 def resolve_weights(arch: str, weights: str | None) -> tuple[str, list[str]]:
     """The weight source to use and any warnings; a clear message when none is available offline."""
+    from wildid.backbones import packaged_weights_for
+
     if weights is None or weights == "":
-        if arch == "efficientnet_lite0":
+        if packaged_weights_for(arch) is not None:
             return "package", []
         raise DataError(
             f"{arch} has no offline ImageNet weights: give --weights PATH (a local state_dict or safetensors "
             f"file of {arch}), --weights hub (downloads, needs internet), or --weights none (random "
-            f"initialisation, only for tests); efficientnet_lite0 works offline with --weights package"
+            f"initialisation, only for tests); tf_efficientnet_lite0 and tf_efficientnet_lite2 work offline with "
+            f"--weights package"
         )
     warnings = []
     if weights == "none":
@@ -207,17 +210,19 @@ def resolve_weights(arch: str, weights: str | None) -> tuple[str, list[str]]:
     return weights, warnings
 
 
-def base_card(name: str, config: TrainConfig, classes: Sequence[str]) -> ModelCard:
-    from wildid.backbones import card_preprocessing
+def base_card(name: str, config: TrainConfig, classes: Sequence[str], weights: str | None = None) -> ModelCard:
+    """The card of a new model: the architecture actually built and the preprocessing its weights expect."""
+    from wildid.backbones import card_preprocessing, resolve_arch
 
+    arch = resolve_arch(config.arch, weights)
     return ModelCard(
         name=name,
-        arch=config.arch,
+        arch=arch,
         classes=tuple(classes),
         title=config.title or name,
         task=config.task,
         channel_mode=config.channel_mode,
-        **card_preprocessing(config.arch),
+        **card_preprocessing(arch, weights),
     )
 
 
@@ -773,8 +778,8 @@ def train(
     check_data(data, config.folds)  # cheap checks before any image is decoded
 
     torch.manual_seed(config.seed)
-    card = base_card(name, config, data.classes)
-    initial = pretrained_backbone(config.arch, len(data.classes), weights)
+    card = base_card(name, config, data.classes, weights)
+    initial = pretrained_backbone(card.arch, len(data.classes), weights)
     initial.eval()
     classifier_layer(initial)  # fail early on archs whose head cannot be replaced
 
@@ -854,7 +859,7 @@ def train(
     card = card.replace(
         metrics=metrics,
         provenance=provenance,
-        description=f"{config.mode} transfer learning of {config.arch} on {len(y)} images from {Path(data.source).name}",
+        description=f"{config.mode} transfer learning of {card.arch} on {len(y)} images from {Path(data.source).name}",
     )
     if _stopped(stop):
         raise TrainingStopped("training stopped by the user; nothing was written")

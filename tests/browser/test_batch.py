@@ -1,6 +1,7 @@
 """Browser: point the Batch page at a folder on the server, see the results and the downloads."""
 
 import re
+import zipfile
 
 import pytest
 
@@ -38,3 +39,20 @@ def test_batch_folder_shows_table_and_downloads(page, app_url, browser_workdir):
     wait_for_app(page)
     page.wait_for_timeout(800)
     screenshot(page, "batch")
+
+    # Camtrap DP: the export button builds the package, says what to fill in, and downloads a zip
+    page.get_by_role("button", name="Export Camtrap DP").click()
+    page.get_by_text("Download Camtrap DP (zip)").wait_for()
+    wait_for_app(page)
+    assert page.get_by_text(re.compile(r"latitude / longitude \(WGS84\) of cam1")).count() >= 1
+    with page.expect_download() as download_info:
+        page.get_by_text("Download Camtrap DP (zip)").click()
+    saved = browser_workdir / "camtrap-dp.zip"
+    download_info.value.save_as(saved)
+    with zipfile.ZipFile(saved) as archive:
+        assert sorted(archive.namelist()) == ["datapackage.json", "deployments.csv", "media.csv", "observations.csv"]
+        media = archive.read("media.csv").decode().splitlines()
+    assert len(media) == 1 + 9  # header + the nine readable frames
+    page.get_by_text("Download Camtrap DP (zip)").scroll_into_view_if_needed()
+    wait_for_app(page)
+    screenshot(page, "batch-camtrap-dp")
