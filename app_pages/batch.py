@@ -8,7 +8,7 @@ import plotly.express as px
 import streamlit as st
 
 import ui
-from wildid import batch, defaults, detections, guard
+from wildid import batch, cluster, defaults, detections, guard
 from wildid.background import BackgroundRegions
 from wildid.detections import DEFAULT_DETECTION_THRESHOLD
 from wildid.errors import WildidError
@@ -62,6 +62,14 @@ with st.expander("Options"):
         detections_upload = st.file_uploader("MegaDetector output (JSON, format 1.x)", type=["json"])
         detection_threshold = st.slider("Animal boxes at detector confidence ≥", 0.0, 1.0,
                                         DEFAULT_DETECTION_THRESHOLD, 0.05)
+    # Only clusters the operator configured (WILDID_DASK_SCHEDULERS): a typed address would let a
+    # visitor point the server at a scheduler of their own, whose replies the client unpickles.
+    clusters = cluster.configured_schedulers()
+    dask_address = ""
+    if clusters:
+        choice = st.selectbox("Run on", ["this server's cores", *clusters], key="batch_dask",
+                              help="a Dask cluster set up by the operator; its workers must see the folder at the same path")
+        dask_address = "" if choice == "this server's cores" else choice
 
 if st.button("Classify", type="primary", disabled=predictor is None):
     try:
@@ -99,9 +107,16 @@ if st.button("Classify", type="primary", disabled=predictor is None):
         progress = st.progress(0.0, text="Reading the folder…")
         live = st.empty()
         recent: deque = deque(maxlen=LIVE_ROWS)
-        for step in batch.iter_batch(folder, predictor, out, recursive=recursive, resume=resume, overwrite=not resume,
-                                     threshold=threshold, batch_size=int(batch_size), sequence_gap=sequence_gap,
-                                     regions=regions, confine=confine):
+        options = dict(recursive=recursive, resume=resume, overwrite=not resume, threshold=threshold,
+                       batch_size=int(batch_size), sequence_gap=sequence_gap, regions=regions)
+        if dask_address:
+            progress.progress(0.0, text="Connecting to the Dask scheduler…")
+            steps = cluster.iter_batch_dask(dask_address, folder, predictor, out, **options)
+        else:
+            steps = batch.iter_batch(folder, predictor, out, confine=confine, **options)
+        for step in steps:
+            if isinstance(step, cluster.ClusterProgress) and step.processed == 0:
+                st.text(f"Dask: {step.workers} worker processes" + (f", dashboard {step.dashboard}" if step.dashboard else ""))
             progress.progress(step.done / step.total,
                               text=f"{step.done}/{step.total} files · {step.rate:.1f} images/s · ETA {duration(step.eta)}")
             if step.rows:

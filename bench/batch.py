@@ -14,7 +14,17 @@ For each architecture (random weights built locally, 10 classes, no download), i
   background sample, draft decoding in a thread pool, quality metrics, empty_score, CSV
   append with fsync per batch), end to end.
 
+- dask local:N: the same files through ``wildid.cluster.iter_batch_dask`` on a LocalCluster of
+  N worker processes (decoding in processes instead of threads), same run; the rate counts from
+  the first progress (cluster up, model shipped), the cluster start-up is printed beside it.
+
 Goals (issue 4): wildid batch >= 3x naive and >= 85% of the bare ONNX forward.
+Goals (issue 13): dask local:2 / in-process >= 0.9; the pipeline >= 85% of the machine's own limit,
+cores / (decode + forward core-seconds per image), both costs measured single-threaded with
+process CPU time in the same run (decode = header read + ``wildid.batch.decode``: draft JPEG
+decode, transform, quality metrics, thumbnail; forward = ONNX Runtime, one thread, at the batch
+size).  The JPEG decode alone is also timed with PIL's draft mode and with simplejpeg (libjpeg-turbo
+DCT scaling), to see whether another decoder would pay.
 
 Peak memory: ``run_batch`` in a fresh subprocess on folders of two sizes (hard links to the
 same JPEGs, so only the file count grows): peak resident set (VmHWM, includes ONNX Runtime and
@@ -106,12 +116,85 @@ def bare_rate(predictor, card: ModelCard, batch_size: int, images: int) -> float
     return batch_size / statistics.median(times)
 
 
-def pipeline_rate(folder: Path, predictor, out: Path, workers: int, batch_size: int) -> float:
+def pipeline_rate(folder: Path, predictor, out: Path, workers: int, batch_size: int) -> tuple[float, float]:
+    """(images/s, process CPU milliseconds per image)."""
     from wildid.batch import run_batch
 
+    cpu = time.process_time()
     summary = run_batch(folder, predictor, out, overwrite=True, workers=workers, batch_size=batch_size)
+    cpu = time.process_time() - cpu
     assert summary.processed == summary.total and summary.statuses.get("error", 0) == 0, summary
-    return summary.rate
+    return summary.rate, 1000 * cpu / summary.processed
+
+
+def dask_rate(folder: Path, predictor, out: Path, workers: int, batch_size: int) -> tuple[float, float, float]:
+    """(images/s from the first progress on, seconds before it (cluster start, model shipping),
+    CPU milliseconds per image of the workers and this process together, over the run)."""
+    from wildid.cluster import Connection, iter_batch_dask
+
+    started = time.perf_counter()
+    connection = Connection(f"local:{workers}", timeout=10, dashboard=False)  # what `--dask local:N` starts
+    client = connection.client
+    try:
+        steps = iter_batch_dask(client, folder, predictor, out, overwrite=True, batch_size=batch_size)
+        next(steps)
+        startup = time.perf_counter() - started
+        cpu = time.process_time() + sum(client.run(time.process_time).values())
+        last = None
+        for last in steps:
+            pass
+        cpu = time.process_time() + sum(client.run(time.process_time).values()) - cpu
+    finally:
+        connection.close()
+    assert last is not None and last.done == last.total, last
+    return last.rate, startup, 1000 * cpu / last.processed
+
+
+def cpu_ms(function, items: list, rounds: int = 1) -> float:
+    """Process CPU milliseconds per item (all threads of this process count)."""
+    start = time.process_time()
+    for _ in range(rounds):
+        for item in items:
+            function(item)
+    return 1000 * (time.process_time() - start) / (rounds * len(items))
+
+
+def per_image_costs(files: list[Path], card: ModelCard, onnx_path: Path, batch_size: int) -> dict[str, float]:
+    """Core-milliseconds per image, each stage single-threaded, same files as the pipeline."""
+    from wildid.batch import decode
+    from wildid.metadata import read_metadata
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        single = OnnxPredictor(card, onnx_path, batch_size=batch_size, threads=1)
+        decode_ms = cpu_ms(lambda p: (read_metadata(p), decode(p, single)), files)
+        batch = torch.randn(batch_size, *card.input_size)
+        single.predict_proba(batch)  # warm-up
+        forward_ms = cpu_ms(single.predict_proba, [batch] * max(2, 64 // batch_size)) / batch_size
+        costs = {"decode": decode_ms, "forward": forward_ms}
+        costs.update(jpeg_decoders(files, single.draft_size))
+    finally:
+        torch.set_num_threads(threads)
+    return costs
+
+
+def jpeg_decoders(files: list[Path], draft_size: int) -> dict[str, float]:
+    """The JPEG decode alone (12 MP to the smallest DCT scale that keeps draft_size), two ways."""
+    def pil_draft(path: Path):
+        with Image.open(path) as img:
+            img.draft("RGB", (draft_size, draft_size))
+            img.load()
+
+    out = {"pil_draft": cpu_ms(pil_draft, files)}
+    try:
+        import simplejpeg
+    except ImportError:
+        return out
+    out["simplejpeg"] = cpu_ms(lambda p: simplejpeg.decode_jpeg(p.read_bytes(), min_height=draft_size,
+                                                                 min_width=draft_size), files)
+    out["pil_draft_again"] = cpu_ms(pil_draft, files)  # interleaved: load on a shared machine drifts
+    return out
 
 
 def peak_rss_mb() -> float:
@@ -151,6 +234,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--mem-sizes", type=int, nargs=2, default=[250, 2500], metavar=("SMALL", "LARGE"))
+    parser.add_argument("--dask-workers", type=int, default=2, help="LocalCluster worker processes (0: skip)")
+    parser.add_argument("--cost-n", type=int, default=24, help="files for the per-image CPU costs (default 24)")
     parser.add_argument("--quick", action="store_true", help="n=48, naive-n=12, mem-sizes 40 400")
     parser.add_argument("--memory-only", action="store_true", help="only the peak-memory part")
     parser.add_argument("--keep", help="generate/keep the JPEGs in this folder (reused across runs)")
@@ -182,9 +267,12 @@ def main() -> None:
           f"workers={args.workers}, batch={args.batch_size}")
     files = sorted(folder.iterdir())
 
+    dask_head = f" {'dask local:' + str(args.dask_workers):>13} {'dask/in-proc':>13}" if args.dask_workers else ""
     print(f"{'arch':10} {'naive':>8} {'bare torch':>11} {'bare onnx':>10} {'wildid batch':>13} "
-          f"{'x naive':>8} {'% onnx':>7}   (images/s)")
+          f"{'x naive':>8} {'% onnx':>7}{dask_head}   (images/s)")
     onnx_paths = {}
+    limits = []
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     for arch in args.archs:
         torch.manual_seed(0)
         card = card_for(arch)
@@ -197,9 +285,34 @@ def main() -> None:
         naive = naive_rate(files[: args.naive_n], card, model)
         bare_torch = bare_rate(eager, card, args.batch_size, min(args.n, 64))
         bare_onnx = bare_rate(ort, card, args.batch_size, min(args.n, 128))
-        piped = pipeline_rate(folder, ort, work / f"results-{arch}.csv", args.workers, args.batch_size)
+        piped, piped_cpu = pipeline_rate(folder, ort, work / f"results-{arch}.csv", args.workers, args.batch_size)
+        dask_cols, clustered, startup, dask_cpu = "", None, None, None
+        if args.dask_workers:
+            clustered, startup, dask_cpu = dask_rate(folder, ort, work / f"results-{arch}-dask.csv",
+                                                     args.dask_workers, args.batch_size)
+            dask_cols = f" {clustered:13.1f} {clustered / piped:13.2f}"
         print(f"{arch:10} {naive:8.2f} {bare_torch:11.1f} {bare_onnx:10.1f} {piped:13.1f} "
-              f"{piped / naive:7.1f}x {100 * piped / bare_onnx:6.0f}%", flush=True)
+              f"{piped / naive:7.1f}x {100 * piped / bare_onnx:6.0f}%{dask_cols}", flush=True)
+        costs = per_image_costs(files[: args.cost_n], card, onnx_paths[arch], args.batch_size)
+        limits.append((arch, costs, piped, clustered, startup, piped_cpu, dask_cpu))
+
+    for arch, costs, piped, clustered, startup, piped_cpu, dask_cpu in limits:
+        per_image = costs["decode"] + costs["forward"]
+        limit = 1000 * cores / per_image
+        line = (f"\n{arch}: single-node limit = {cores} cores / (decode {costs['decode']:.1f} + forward "
+                f"{costs['forward']:.1f} core-ms per image) = {limit:.1f} images/s; wildid batch {piped:.1f} = "
+                f"{100 * piped / limit:.0f}% of it")
+        if clustered is not None:
+            line += (f", dask local:{args.dask_workers} {clustered:.1f} = {100 * clustered / limit:.0f}% "
+                     f"(+{startup:.1f} s cluster start-up before the first task)")
+        print(line)
+        line = (f"  CPU spent per image: wildid batch {piped_cpu:.1f} core-ms = {100 * per_image / piped_cpu:.0f}% useful "
+                f"(decode + forward)")
+        if dask_cpu is not None:
+            line += f", dask local:{args.dask_workers} {dask_cpu:.1f} core-ms = {100 * per_image / dask_cpu:.0f}% useful"
+        print(line + f"; load average at the end {os.getloadavg()[0]:.1f}")
+        decoders = ", ".join(f"{name} {ms:.1f}" for name, ms in costs.items() if name not in ("decode", "forward"))
+        print(f"  JPEG decode alone, core-ms per 12 MP frame: {decoders}", flush=True)
 
     arch = args.archs[0]
     print(f"\npeak memory of run_batch in a fresh process ({arch}, ONNX, peak resident set VmHWM):")

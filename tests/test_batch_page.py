@@ -97,3 +97,20 @@ def test_background_crop_run_and_camtrap_export(models_root, allowed):
         media = list(csv.DictReader(io.StringIO(archive.read("media.csv").decode())))
     assert sorted(m["filePath"] for m in media) == [f"cam/IMG_{i:04d}.jpg" for i in range(7)]
     assert len(at.get("download_button")) == 3
+
+
+def test_dask_cluster_only_from_the_operator_s_list(models_root, allowed, monkeypatch):
+    """No free-text scheduler address: a visitor's own scheduler could run code on the server
+    (a Dask client unpickles its replies).  The operator's WILDID_DASK_SCHEDULERS is the menu."""
+    monkeypatch.delenv("WILDID_DASK_SCHEDULERS", raising=False)
+    at = page()
+    assert not at.exception
+    assert [t.label for t in at.text_input] == ["Folder"]
+    assert not [s for s in at.selectbox if s.label == "Run on"]
+    monkeypatch.setenv("WILDID_DASK_SCHEDULERS", "tcp://cluster-head:8786, local:2")
+    at = page()
+    assert not at.exception
+    assert [t.label for t in at.text_input] == ["Folder"]
+    [run_on] = [s for s in at.selectbox if s.label == "Run on"]
+    assert run_on.options == ["this server's cores", "tcp://cluster-head:8786", "local:2"]
+    assert run_on.value == "this server's cores"

@@ -16,6 +16,9 @@ How it stays fast and safe on tens of thousands of frames:
   camera, full size) to give sequence ids, and a bounded sample of frames gives the median
   background for ``empty_score`` (see :mod:`wildid.background`).  Both are deterministic,
   so a resumed run writes the same values.
+- Rows come from :func:`folder_rows` (one camera folder, or a batch-aligned slice of one);
+  batches never span folders, so the Dask path (:mod:`wildid.cluster`), which runs the same
+  function per folder or slice on its workers, writes the same rows.
 
 The CSV columns are the results-table contract (``COLUMNS``), shared with the dashboard and
 the review page.
@@ -37,7 +40,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -417,58 +420,30 @@ def iter_batch(
         started = time.perf_counter()
         state = {"done": already, "processed": 0, "synced": 0}
 
-        def flush(entries: list[tuple[Decoded, FolderPlan]]) -> BatchProgress:
+        def flush(rows: list[dict[str, Any]]) -> BatchProgress:
             nonlocal handle
-            rows = _rows_for(entries, predictor, root, threshold, top_k)
             if delay:
                 time.sleep(delay)
             if handle is None:  # the first rows of this run are ready: only now is the file started
                 handle = open_results(out, fresh)
                 state["synced"] = os.fstat(handle.fileno()).st_size
-            try:
-                csv.writer(handle).writerows([[_cell(row[c]) for c in COLUMNS] for row in rows])
-                _sync(handle)
-            except OSError as exc:
-                raise _write_failed(handle, out, state["synced"], exc,
-                                    remove=fresh and state["synced"] <= len(HEADER_LINE)) from None
-            state["synced"] = os.fstat(handle.fileno()).st_size
+            state["synced"] = write_rows(handle, out, rows, state["synced"],
+                                         remove=fresh and state["synced"] <= len(HEADER_LINE))
             state["done"] += len(rows)
             state["processed"] += len(rows)
             return BatchProgress(state["done"], total, state["processed"], time.perf_counter() - started, rows)
 
         yield BatchProgress(already, total, 0, 0.0, [])
-        in_flight = max(batch_size + 2 * workers, 2 * batch_size)
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wildid-decode") as pool:
-            pending: deque[tuple[Future, FolderPlan]] = deque()
-            entries: list[tuple[Decoded, FolderPlan]] = []
             for folder, files in iter_folders(root, recursive, exclude):
                 todo = [f for f in files if str(f) not in done]
                 if not todo:
                     continue
                 refused = _links_out_of(files, confine) if confine is not None else {}
-                readable = [f for f in files if f not in refused]
-                plan = plan_folder(folder, readable, root, predictor, pool, sequence_gap, set(todo), regions)
-                for path in todo:
-                    if path in refused:
-                        pending.append((_done_future(Decoded(path, error=refused[path])), plan))
-                        continue
-                    ready = plan.predecoded.pop(path, None)
-                    pending.append((_done_future(ready) if ready else
-                                    pool.submit(decode, path, predictor, regions, plan.background), plan))
-                    while len(pending) >= in_flight:
-                        future, owner = pending.popleft()
-                        entries.append((future.result(), owner))
-                        if len(entries) >= batch_size:
-                            yield flush(entries)
-                            entries = []
-            while pending:
-                future, owner = pending.popleft()
-                entries.append((future.result(), owner))
-                if len(entries) >= batch_size:
-                    yield flush(entries)
-                    entries = []
-            if entries:
-                yield flush(entries)
+                for rows in folder_rows(folder, files, todo, root, predictor, pool, threshold=threshold,
+                                        top_k=top_k, batch_size=batch_size, sequence_gap=sequence_gap,
+                                        workers=workers, regions=regions, refused=refused):
+                    yield flush(rows)
     finally:
         if handle is not None:
             handle.close()
@@ -496,6 +471,62 @@ def _no_files_message(root: Path, recursive: bool, exclude: Iterable[Path | str]
             return (f"no files directly in {root}; {nested} in sub-folders: include sub-folders "
                     f"(--recursive, or tick 'Include sub-folders')")
     return f"no files in {root} (hidden files and folders are skipped); give the folder holding the images"
+
+
+def folder_rows(folder: Path, files: Sequence[Path], todo: Sequence[Path], root: Path, predictor,
+                pool: ThreadPoolExecutor, *, threshold: float, top_k: int = 5, batch_size: int = 16,
+                sequence_gap: float = defaults.SEQUENCE_GAP, workers: int = defaults.DECODE_WORKERS, regions=None,
+                plan: FolderPlan | None = None,
+                refused: Mapping[Path, str] | None = None) -> Iterator[list[dict[str, Any]]]:
+    """The result rows of ``todo`` (files of one camera folder, in folder order), batch by batch.
+
+    ``files`` is the whole folder: sequences and the background come from all of it, so any
+    part of a folder gets the rows the whole folder would.  Batches are consecutive runs of
+    ``batch_size`` files of ``todo``; a slice of a folder that starts at a multiple of
+    ``batch_size`` therefore sees the same batches as the whole folder (the Dask path,
+    :mod:`wildid.cluster`, relies on that).  ``plan`` (from :func:`plan_folder`) may be given
+    when several slices share one.  The pool (``workers`` threads) decodes a few batches ahead
+    of the model.  ``regions``: what to classify in each frame (see :func:`iter_batch`).
+    ``refused``: files never to open (links out of the allowed folder), each with its error-row message.
+    """
+    refused = refused or {}
+    if plan is None:
+        readable = [f for f in files if f not in refused]
+        plan = plan_folder(folder, readable, root, predictor, pool, sequence_gap, set(todo), regions)
+    in_flight = max(batch_size + 2 * workers, 2 * batch_size)
+    pending: deque[Future] = deque()
+    entries: list[tuple[Decoded, FolderPlan]] = []
+    for path in todo:
+        if path in refused:
+            pending.append(_done_future(Decoded(path, error=refused[path])))
+            continue
+        ready = plan.predecoded.pop(path, None)
+        pending.append(_done_future(ready) if ready else pool.submit(decode, path, predictor, regions, plan.background))
+        while len(pending) >= in_flight:
+            entries.append((pending.popleft().result(), plan))
+            if len(entries) >= batch_size:
+                yield _rows_for(entries, predictor, root, threshold, top_k)
+                entries = []
+    while pending:
+        entries.append((pending.popleft().result(), plan))
+        if len(entries) >= batch_size:
+            yield _rows_for(entries, predictor, root, threshold, top_k)
+            entries = []
+    if entries:
+        yield _rows_for(entries, predictor, root, threshold, top_k)
+
+
+def write_rows(handle, out: Path, rows: list[dict[str, Any]], synced: int, remove: bool = False) -> int:
+    """Append ``rows`` to the results, flushed and fsync'ed; returns the new good size.
+
+    A failed write cuts the file back to ``synced`` (the last complete batch), or removes it
+    (``remove``: started by this run, no row yet), and raises."""
+    try:
+        csv.writer(handle).writerows([[_cell(row[c]) for c in COLUMNS] for row in rows])
+        _sync(handle)
+    except OSError as exc:
+        raise _write_failed(handle, out, synced, exc, remove=remove) from None
+    return os.fstat(handle.fileno()).st_size
 
 
 def _write_failed(handle, out: Path, good_size: int, exc: OSError, remove: bool = False) -> DataError:

@@ -289,13 +289,20 @@ def cmd_batch(args: argparse.Namespace) -> int:
     exclude = [p for p in (args.json_out, args.sort_into) if p]
     statuses: dict[str, int] = {}
     likely_empty = 0
-    steps = iter_batch(
-        args.folder, predictor, out, recursive=args.recursive, resume=args.resume, overwrite=args.overwrite,
-        threshold=args.threshold, workers=args.workers, batch_size=args.batch_size,
-        sequence_gap=args.sequence_gap, top_k=args.top_k, exclude=exclude, regions=regions,
-    )
+    options = dict(recursive=args.recursive, resume=args.resume, overwrite=args.overwrite, threshold=args.threshold,
+                   batch_size=args.batch_size, sequence_gap=args.sequence_gap, top_k=args.top_k, exclude=exclude,
+                   regions=regions)
+    if args.dask:
+        from wildid.cluster import iter_batch_dask
+
+        steps = iter_batch_dask(args.dask, args.folder, predictor, out, trust=args.trust_checkpoint, **options)
+    else:
+        steps = iter_batch(args.folder, predictor, out, workers=args.workers, **options)
     first = next(steps)  # every check that can refuse the run has passed; nothing is written yet
     started(args)
+    if args.dask and not args.quiet:
+        link = f", dashboard {first.dashboard}" if first.dashboard else ""
+        print(f"Dask: {first.workers} worker processes{link}", file=sys.stderr)
     with tqdm(total=first.total, initial=first.done, unit="img", desc="classifying", dynamic_ncols=True,
               disable=args.quiet) as bar:
         last = first
@@ -704,6 +711,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="start again, replacing an existing --out")
     p.add_argument("--workers", type=int, default=defaults.DECODE_WORKERS,
                    help=f"decode threads (default {defaults.DECODE_WORKERS})")
+    p.add_argument("--dask", metavar="ADDRESS", help="run on a Dask cluster: a scheduler address (tcp://host:8786) or "
+                   "local[:N] for N worker processes here; workers must see the images at the same paths")
     p.add_argument("--batch-size", type=int, default=defaults.BATCH_SIZE)
     p.add_argument("--top-k", type=int, default=defaults.TOP_K)
     p.add_argument("--empty-threshold", type=empty_threshold_arg, default=defaults.EMPTY_THRESHOLD,

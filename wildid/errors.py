@@ -32,3 +32,7 @@ class ModelNotAvailable(WildidError):
 
 class DataError(WildidError):
     """A data set (folder, CSV, results file) cannot be used as given."""
+
+
+class ClusterError(WildidError):
+    """A Dask cluster cannot be reached or used (no scheduler, a worker that cannot see the images)."""
