@@ -7,7 +7,9 @@ The flow is ``preprocess -> forward -> postprocess``, the same for one image or 
     prediction.label, prediction.confidence, prediction.top_k
 
 Batching, device and back end are the predictor's business, not the caller's.
-Preprocessing is driven entirely by the model card (timm's data config).
+Preprocessing is driven entirely by the model card (timm's data config); so are the test-time
+views averaged (``card.views``) and the temperature that calibrates the confidence
+(``card.temperature``), applied in :meth:`BasePredictor.predict_proba` for every back end.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from torch import nn
 
 from wildid.cards import ModelCard
 from wildid.imaging import ImageSource, load_image, to_channel_mode
+from wildid.views import expand_views, mean_over_views
 
 BACKENDS = ("torch", "onnx")
 
@@ -105,8 +108,9 @@ def trim_extreme_aspect(img: Image.Image, max_ratio: float = 4.0) -> Image.Image
     return img.crop((0, top, width, top + keep))
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    logits = logits.astype(np.float64)
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Row-wise softmax of ``logits / temperature`` (temperature scaling; 1 = plain softmax)."""
+    logits = logits.astype(np.float64) / float(temperature)
     logits -= logits.max(axis=1, keepdims=True)
     exp = np.exp(logits)
     return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float64)
@@ -134,8 +138,16 @@ class BasePredictor:
     def logits(self, batch: torch.Tensor) -> np.ndarray:
         raise NotImplementedError
 
+    def view_logits(self, batch: torch.Tensor) -> np.ndarray:
+        """Logits averaged over the card's test-time views (one pass when views = none)."""
+        return mean_over_views(self.logits(expand_views(batch, self.card.views)), self.card.views)
+
     def predict_proba(self, batch: torch.Tensor) -> np.ndarray:
-        return softmax(self.logits(batch))
+        """Calibrated probabilities: softmax of the view-averaged logits over the card's temperature.
+
+        Both back ends share this, so torch and ONNX give the same calibrated confidences.
+        """
+        return softmax(self.view_logits(batch), self.card.temperature)
 
     # --- postprocess ---------------------------------------------------------------------
     def postprocess(self, probs: np.ndarray, top_k: int = 5) -> list[Prediction]:
