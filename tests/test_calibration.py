@@ -44,7 +44,7 @@ def test_logistic_head_picks_C_by_inner_cv_and_calibrates():
     x[:, :3] += np.eye(3)[y] * 4.0
     groups = [f"g{i // 3}" for i in range(n)]
     head, summary = fit_logistic_head(x, y, 3, groups)
-    assert summary["inner_folds"] == 3 and len(summary["inner_log_loss"]) == 9
+    assert summary["inner_folds"] == 5 and len(summary["inner_log_loss"]) == 9
     # the C kept is the one with the lowest inner out-of-fold log loss
     assert min(summary["inner_log_loss"].values()) == summary["inner_log_loss"][f"{head.C:.3g}"]
     assert 0.05 < head.temperature < 20

@@ -27,7 +27,7 @@ from wildid.training.data import inner_folds
 from wildid.training.progress import Progress, ProgressFn, StopFlag, check_stop, with_val
 
 C_GRID = tuple(float(c) for c in np.logspace(-3, 1, 9))  # 0.001 ... 10, half a decade apart
-INNER_FOLDS = 3
+INNER_FOLDS = 5  # 3 folds fitted the temperature on heads trained on 2/3 of the data: biased, ECE 0.069 vs 0.045 (tracks-families)
 MAX_ITER = 1000
 
 
