@@ -112,6 +112,8 @@ def main() -> None:
             f"{card.views} views, temperature-calibrated. Trained on footprint crops and whole photos. " + ATTRIBUTION
         ),
         provenance={**card.provenance, "data": "shared/data/tracks-families (500 photos, 5 families)",
+                    # the training table lived in a temporary folder: name the data set instead
+                    "data_summary": {**card.provenance["data_summary"], "source": "shared/data/tracks-families/labels.csv"},
                     "data_licence": "CC BY 4.0", "attribution": ATTRIBUTION,
                     "families": FAMILIES, "training_rows": "one per footprint box (15% margin) + one per whole photo"},
     )
