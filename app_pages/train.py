@@ -12,7 +12,7 @@ from wildid.errors import WildidError
 from wildid.registry import app_model_folder
 
 JOB_KEY = "train_job"
-ARCHS = ["tf_efficientnet_lite0", "tf_efficientnet_lite2", "resnet18", "resnet50", "vit_base_patch16_224", "torchvision:resnet18"]
+ARCHS = [tr.DEFAULT_ARCH] + [a for a in ("tf_efficientnet_lite0", "tf_efficientnet_lite2") if a != tr.DEFAULT_ARCH] + ["resnet18", "resnet50", "vit_base_patch16_224", "torchvision:resnet18"]
 WEIGHTS = {"package": "package (EfficientNet-Lite0/Lite2 ImageNet, offline)", "hub": "hub (downloads; needs internet)",
            "path": "local weights file", "none": "none (random init, for tests)"}
 
@@ -50,6 +50,9 @@ with st.form("train_form"):
         unfreeze = a.number_input("finetune: blocks to train", min_value=0, max_value=50, value=2)
         step = b.number_input("progressive: epochs per block", min_value=1, max_value=50, value=2)
         batch_size = c.number_input("Batch size", min_value=1, max_value=512, value=32)
+        views = st.selectbox("Flipped / rotated views averaged", tr.VIEW_CHOICES,
+                             help="auto: chosen by inner cross-validation among none, flip and d8 (all 8 flips and "
+                                  "quarter-turns; for subjects without a fixed orientation, such as footprints)")
     submitted = st.form_submit_button("Train", type="primary", disabled=busy)
 
 if submitted:
@@ -67,7 +70,7 @@ if submitted:
                               f"local weights file, the hub, or none (random init) under Advanced")
         config = tr.TrainConfig(arch=chosen_arch, mode=mode, weights=weights or None, epochs=int(epochs) or None,
                                 folds=int(folds), nir=nir, batch_size=int(batch_size), unfreeze=int(unfreeze),
-                                step=int(step))
+                                step=int(step), views=views)
         tr.resolve_weights(config.arch, config.weights)
         data = tr.load_labelled(data_path, groups=groups.strip() or None)
         guard.check_paths(sample.path for sample in data.samples)  # a CSV may list any path
@@ -118,10 +121,14 @@ def show_results(result: tr.TrainResult) -> None:
     if "fold_accuracy" not in metrics:
         st.info("Not validated (0 folds): no accuracy to report.")
         return
-    cols = st.columns(3)
+    cols = st.columns(4)
     cols[0].metric("Mean accuracy", f"{metrics['accuracy']:.1%}", help=metrics["measured_by"])
     cols[1].metric("Std over folds", f"{metrics['accuracy_std']:.1%}")
     cols[2].metric("Macro F1", f"{metrics['macro_f1']:.3f}")
+    if "ece" in metrics:
+        cols[3].metric("Calibration error (ECE)", f"{metrics['ece']:.3f}",
+                       help=f"before temperature scaling {metrics['ece_uncalibrated']:.3f}; temperature {card.temperature:.2f}, "
+                            f"views {card.views}")
     st.caption(ui.md(metrics["measured_by"] + " · folds: " + ", ".join(f"{a:.1%}" for a in metrics["fold_accuracy"])))
     left, right = st.columns(2)
     left.dataframe([{"class": c, **row} for c, row in metrics["per_class"].items()], hide_index=True)

@@ -95,7 +95,7 @@ def test_linear_on_held_out_groups_and_reload(grouped_csv, models_root):
     from wildid.registry import list_cards, load_predictor
 
     data = load_labelled(grouped_csv, groups="sequence")
-    config = TrainConfig(mode="linear", folds=4, epochs=40, **TINY)
+    config = TrainConfig(mode="linear", folds=4, **TINY)
     events = []
     result = train(data, config, out="tiny-trained", command="wildid train ...", progress=events.append)
     metrics = result.card.metrics
@@ -107,11 +107,14 @@ def test_linear_on_held_out_groups_and_reload(grouped_csv, models_root):
     assert matrix.shape == (3, 3) and matrix.sum() == 36
     assert set(metrics["per_class"]) == set(CLASS_STYLES)
     assert all(0 <= v["f1"] <= 1 for v in metrics["per_class"].values())
-    # progress: features, per-epoch reports for each fold and the final fit, a saved event
+    # progress: features, one head per fold and for the final fit, a saved event
     stages = [e.stage for e in events]
     assert stages[0] == "features" and stages[-1] == "saved"
-    assert sum(1 for e in events if e.stage == "epoch" and e.fold == 0) == 40
-    assert all(e.val_acc is not None for e in events if e.stage == "epoch" and e.fold > 0)
+    assert [e.fold for e in events if e.stage == "head"] == [1, 2, 3, 4, 0]
+    # calibration: a temperature fitted on inner out-of-fold logits, ECE reported before and after
+    assert 0 < card_temperature(result) < 20 and result.card.views in ("none", "flip", "d8")
+    assert 0 <= metrics["ece"] <= 1 and 0 <= metrics["ece_uncalibrated"] <= 1
+    assert result.card.provenance["fit"]["head"] == "logreg" and result.card.provenance["fit"]["C"] > 0
 
     folder = models_root / "tiny-trained"
     assert (folder / "card.toml").is_file() and (folder / "model.safetensors").is_file()
@@ -127,6 +130,10 @@ def test_linear_on_held_out_groups_and_reload(grouped_csv, models_root):
     np.testing.assert_allclose(loaded.predict_proba(batch), in_memory.predict_proba(batch), atol=1e-5)
     predicted = [p.label for p in loaded.predict([class_image(style, seed=777) for style in CLASS_STYLES.values()])]
     assert predicted == list(CLASS_STYLES)
+
+
+def card_temperature(result) -> float:
+    return result.card.temperature
 
 
 def test_unreadable_files_are_skipped_and_counted(tmp_path):
@@ -155,7 +162,7 @@ def test_feature_cache_reused_and_invalidated_by_mtime(tmp_path):
     for label, style in CLASS_STYLES.items():
         for seed in range(3):
             write(root / label / f"{seed}.png", class_image(style, seed=seed))
-    config = TrainConfig(mode="linear", folds=0, epochs=2, **dict(TINY, weights=str(weights)))
+    config = TrainConfig(mode="linear", folds=0, views="none", **dict(TINY, weights=str(weights)))
     first = []
     train(load_labelled(root), config, progress=first.append)
     assert first[0].message == "0 cached"
@@ -268,6 +275,7 @@ def test_weights_messages():
     with pytest.raises(DataError, match="resnet18 has no offline ImageNet weights: give --weights PATH"):
         resolve_weights("resnet18", None)
     assert resolve_weights("efficientnet_lite0", None) == ("package", [])
+    assert resolve_weights("tf_efficientnet_lite2", None) == ("package", [])
     source, warnings = resolve_weights("resnet18", "none")
     assert source == "none" and "random weights" in warnings[0]
     with pytest.raises(DataError, match="neither package, hub, none nor an existing file"):
@@ -287,6 +295,11 @@ def test_command_line_round_trips_through_the_parser():
     assert text.startswith("wildid train data/labels.csv --out models/x --arch test_resnet --mode progressive")
     args = build_parser().parse_args(text.split()[1:])
     assert (args.mode, args.epochs, args.folds, args.groups, args.nir, args.step) == ("progressive", 4, 3, "sequence", True, 2)
+    # the default recipe is the bare command
+    assert command_line("data", "models/x", TrainConfig()) == "wildid train data --out models/x"
+    text = command_line("d", "m", TrainConfig(views="d8", head="adamw", calibrate=False, epochs=5))
+    args = build_parser().parse_args(text.split()[1:])
+    assert (args.views, args.head, args.no_calibration, args.epochs) == ("d8", "adamw", True, 5)
 
 
 def test_cli_train(grouped_csv, models_root, capsys):
@@ -294,10 +307,10 @@ def test_cli_train(grouped_csv, models_root, capsys):
     from wildid.registry import find_card
 
     code = main(["train", str(grouped_csv), "--out", "cli-model", "--arch", "test_resnet", "--weights", "none",
-                 "--folds", "3", "--groups", "sequence", "--epochs", "20", "--workers", "1"])
+                 "--folds", "3", "--groups", "sequence", "--views", "flip", "--workers", "1"])
     out = capsys.readouterr()
     assert code == 0, out.err
-    assert "mean accuracy" in out.out and "cli-model" in out.out
+    assert "mean accuracy" in out.out and "cli-model" in out.out and "calibration error (ECE)" in out.out
     card = find_card("cli-model")
     assert card.provenance["command"].startswith("wildid train ")
     assert "--groups sequence" in card.provenance["command"]

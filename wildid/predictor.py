@@ -7,7 +7,9 @@ The flow is ``preprocess -> forward -> postprocess``, the same for one image or 
     prediction.label, prediction.confidence, prediction.top_k
 
 Batching, device and back end are the predictor's business, not the caller's.
-Preprocessing is driven entirely by the model card (timm's data config).
+Preprocessing is driven entirely by the model card (timm's data config); so are the test-time
+views averaged (``card.views``) and the temperature that calibrates the confidence
+(``card.temperature``), applied in :meth:`BasePredictor.predict_proba` for every back end.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from wildid import scope
 from wildid.cards import ModelCard
 from wildid.imaging import Box, ImageSource, crop_fraction, load_image, to_channel_mode
 from wildid.taxonomy import RollUp
+from wildid.views import expand_views, mean_over_views
 
 BACKENDS = ("torch", "onnx")
 
@@ -172,8 +175,9 @@ def pooled_features_and_logits(model: nn.Module, batch: torch.Tensor) -> tuple[t
     return (out[0] if isinstance(out, (tuple, list)) else out), None
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    logits = logits.astype(np.float64)
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Row-wise softmax of ``logits / temperature`` (temperature scaling; 1 = plain softmax)."""
+    logits = logits.astype(np.float64) / float(temperature)
     logits -= logits.max(axis=1, keepdims=True)
     exp = np.exp(logits)
     return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float64)
@@ -213,15 +217,30 @@ class BasePredictor:
     def logits(self, batch: torch.Tensor) -> np.ndarray:
         raise NotImplementedError
 
-    def forward(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
-        """(logits, pooled features); features only when the card's scope score needs them."""
+    def raw_forward(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+        """One pass: (logits, pooled features); features only when the card's scope score needs them."""
         return self.logits(batch), None
 
+    def forward(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+        """(logits, pooled features), each averaged over the card's test-time views."""
+        views = self.card.views
+        logits, features = self.raw_forward(expand_views(batch, views))
+        return mean_over_views(logits, views), None if features is None else mean_over_views(features, views)
+
+    def view_logits(self, batch: torch.Tensor) -> np.ndarray:
+        """Logits averaged over the card's test-time views (one pass when views = none)."""
+        return mean_over_views(self.logits(expand_views(batch, self.card.views)), self.card.views)
+
     def predict_proba(self, batch: torch.Tensor) -> np.ndarray:
-        return self.probabilities(self.logits(batch))
+        """Calibrated probabilities: softmax of the view-averaged logits over the card's temperature.
+
+        Both back ends share this, so torch and ONNX give the same calibrated confidences.
+        """
+        return self.probabilities(self.view_logits(batch))
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
-        return softmax(logits)
+        """Calibrated probabilities from (view-averaged) logits: the card's temperature scaling."""
+        return softmax(logits, self.card.temperature)
 
     # --- postprocess ---------------------------------------------------------------------
     def scope_scores(self, logits: np.ndarray, features: np.ndarray | None = None) -> np.ndarray | None:
@@ -278,7 +297,7 @@ class TorchPredictor(BasePredictor):
             out = out[0]
         return out.float().cpu().numpy()
 
-    def forward(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+    def raw_forward(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
         if self.card.scope_kind not in scope.FEATURE_SCORES:
             return self.logits(batch), None
         with torch.inference_mode():
@@ -309,7 +328,7 @@ class OnnxPredictor(BasePredictor):
     def logits(self, batch: torch.Tensor) -> np.ndarray:
         return self._run(batch)[0]
 
-    def forward(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+    def raw_forward(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
         outputs = self._run(batch)
         features = outputs[1] if len(outputs) > 1 and self.card.scope_kind in scope.FEATURE_SCORES else None
         return outputs[0], features

@@ -37,8 +37,10 @@ def test_train_tiny_linear_model(page, app_url, browser_workdir, browser_models_
     page.get_by_text("Saved model browser-trained").wait_for(timeout=scaled(180_000))
     wait_for_app(page)
     assert (browser_models_root / "browser-trained" / "model.safetensors").is_file()
-    page.get_by_text("Mean accuracy").first.wait_for()
-    expect(page.locator(".js-plotly-plot")).to_have_count(2, timeout=scaled(30_000))  # curves + confusion matrix
+    assert page.get_by_text("Mean accuracy").count() >= 1
+    # the default head (logistic regression) has no epochs to plot: the confusion matrix only
+    expect(page.locator(".js-plotly-plot")).to_have_count(1, timeout=scaled(30_000))
+    assert page.get_by_text("Calibration error (ECE)").count() >= 1
     expect(page.get_by_text("Confusion matrix (held-out folds)")).to_have_count(1)
     # the sidebar picker lists the new model right away
     page.get_by_test_id("stSidebar").get_by_test_id("stSelectbox").click()
