@@ -196,6 +196,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                   f"balanced accuracy {c['balanced_accuracy']:.3f}")
         for note in report.get("notes", []):
             print(f"  note: {note}")
+        for warning in report.get("warnings", []):
+            print(f"  warning: {warning}")
+        if (report.get("empty") or {}).get("summary"):
+            print(f"  empty filter: {report['empty']['summary']['text']}")
     if args.out:
         print(f"wrote {ev.save_json(bundle, args.out)}")
     if args.html:

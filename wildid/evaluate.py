@@ -31,16 +31,26 @@ from typing import Any, BinaryIO, Callable, Mapping, Sequence, Union
 import numpy as np
 
 from wildid import datasets
+from wildid import evaluation_checks as checks
 from wildid import metrics as M
 from wildid.datasets import Sample
 from wildid.errors import DataError, ImageError, WildidError
 from wildid.imaging import crop as crop_image
 from wildid.imaging import load_image
+from wildid.figures import (  # noqa: F401 - the figures used to live here; pages and the HTML export use them
+    bins_figure,
+    cell_paths,
+    compare_figure,
+    confusion_figure,
+    coverage_figure,
+    empty_roc_figure,
+    per_class_rows,
+    reliability_figure,
+)
 
 CsvSource = Union[str, os.PathLike, BinaryIO, io.StringIO]
 Progress = Callable[[int, int], None]
 DEFAULT_THRESHOLD = 0.9
-HOVER_FILES = 5
 
 
 # --- data in ---------------------------------------------------------------------------------
@@ -58,6 +68,10 @@ class Run:
     population: dict[str, int] | None = None  # predicted-label counts of the full set (for the correction)
     source: str = ""
     notes: list[str] = field(default_factory=list)
+    # Per image, from a results table: 1 = looks like the camera's empty background (None: no score).
+    empty_scores: list[float | None] = field(default_factory=list)
+    # The model card's record of its training files (wildid.fingerprint), when the model is known.
+    training_files: dict | None = None
 
 
 def check_allowed(path: str | os.PathLike) -> Path:
@@ -107,7 +121,7 @@ def run_predictor(
 
     card = predictor.card
     run = Run(name=name or card.name, paths=[], y_true=[], y_pred=[], confidence=[], classes=tuple(card.classes),
-              source=f"{len(items)} labelled images")
+              source=f"{len(items)} labelled images", training_files=card.provenance.get("training_files"))
     size = batch_size or getattr(predictor, "batch_size", 16)
     done = 0
     if progress:
@@ -158,8 +172,9 @@ def read_truth(source: CsvSource) -> tuple[dict[str, str], Path | None]:
 
 
 def journal_path_for(results_path: str | os.PathLike) -> Path:
-    path = Path(results_path)
-    return path.with_name(f"{path.stem}.reviewed.csv")
+    from wildid.review import journal_path
+
+    return journal_path(results_path)
 
 
 def read_journal(source: CsvSource) -> dict[str, str]:
@@ -223,11 +238,20 @@ def _run_from_pairs(name: str, results: list[dict[str, str]], pairs, n_truth: in
         run.y_true.append(label)
         run.y_pred.append(row["label"])
         run.confidence.append(confidence)
+        run.empty_scores.append(_optional_float(row.get("empty_score")))
     if not pairs:
         raise DataError(f"{source}: no true label matches a file in the results (compare the path columns)")
     if len(pairs) < n_truth:
         run.notes.append(f"{n_truth - len(pairs)} labelled files are not in the results and were skipped.")
     return run
+
+
+def _optional_float(text: str | None) -> float | None:
+    try:
+        value = float(text) if text not in (None, "") else None
+    except ValueError:
+        return None
+    return value if value is not None and math.isfinite(value) else None
 
 
 def _model_name(results: list[dict[str, str]], fallback: str) -> str:
@@ -242,20 +266,22 @@ def from_results(results: CsvSource, truth: CsvSource, name: str | None = None) 
     results_name = Path(getattr(results, "name", None) or str(results)).name
     run = _run_from_pairs(name or _model_name(rows, Path(results_name).stem), rows, _join(rows, labels, base), len(labels),
                           f"{results_name} + {Path(getattr(truth, 'name', None) or str(truth)).name}")
-    run.classes = _card_classes(_model_name(rows, ""))
+    run.classes, run.training_files = _card_facts(_model_name(rows, ""))
     return run
 
 
-def _card_classes(model: str) -> tuple[str, ...]:
-    """The installed model's class order (for matrix rows), or () when the model is not installed."""
+def _card_facts(model: str) -> tuple[tuple[str, ...], dict | None]:
+    """The installed model's class order (for matrix rows) and its record of training files;
+    ((), None) when the model is not installed."""
     if not model:
-        return ()
+        return (), None
     from wildid.registry import find_card
 
     try:
-        return tuple(find_card(model).classes)
+        card = find_card(model)
     except WildidError:
-        return ()
+        return (), None
+    return tuple(card.classes), card.provenance.get("training_files")
 
 
 def from_journal(results: str | os.PathLike, journal: CsvSource | None = None, name: str | None = None) -> Run:
@@ -272,7 +298,7 @@ def from_journal(results: str | os.PathLike, journal: CsvSource | None = None, n
         labels = read_journal(journal)
     run = _run_from_pairs(name or _model_name(rows, Path(results).stem), rows, _join(rows, labels, None), len(labels),
                           f"{Path(results).name} + reviewed journal")
-    run.classes = _card_classes(_model_name(rows, ""))
+    run.classes, run.training_files = _card_facts(_model_name(rows, ""))
     run.notes.append("Reviewed images are the ones people chose or were sent to review, not a random sample: "
                      "read the accuracy as accuracy on reviewed images.")
     return run
@@ -285,8 +311,13 @@ def population_from_results(source: CsvSource) -> dict[str, int]:
 
 
 # --- report ------------------------------------------------------------------------------------
-def build_report(run: Run, threshold: float = DEFAULT_THRESHOLD, population: Mapping[str, int] | None = None) -> dict[str, Any]:
-    """All dashboard numbers for one run, JSON-friendly once passed through ``to_jsonable``."""
+def build_report(run: Run, threshold: float = DEFAULT_THRESHOLD, population: Mapping[str, int] | None = None,
+                 check_training: bool = True) -> dict[str, Any]:
+    """All dashboard numbers for one run, JSON-friendly once passed through ``to_jsonable``.
+
+    ``warnings`` say when the numbers cannot mean what they seem: true labels the model cannot
+    predict, evaluated images that were training images (digests every evaluated file once;
+    ``check_training=False`` skips it)."""
     labels = M.label_order(run.y_true, run.y_pred, run.classes)
     correct = [t == p for t, p in zip(run.y_true, run.y_pred)]
     cm = M.confusion(run.y_true, run.y_pred, labels)
@@ -294,6 +325,14 @@ def build_report(run: Run, threshold: float = DEFAULT_THRESHOLD, population: Map
     for path, t, p in zip(run.paths, run.y_true, run.y_pred):
         cells.setdefault(f"{t}\t{p}", []).append(path)
     population = population if population is not None else run.population
+    items = [{"path": p, "true": t, "pred": q, "confidence": c, "correct": t == q}
+             for p, t, q, c in zip(run.paths, run.y_true, run.y_pred, run.confidence)]
+    if run.empty_scores and any(score is not None for score in run.empty_scores):
+        for item, score in zip(items, run.empty_scores):
+            if score is not None:
+                item.update(empty_score=score, true_is_empty=checks.is_empty_label(item["true"]))
+    label_check = checks.label_check(run.y_true, run.classes)
+    overlap = checks.training_overlap(run.paths, run.training_files) if check_training else None
     corrected = None
     if population:
         corrected = M.proportion_corrected(run.y_true, run.y_pred, population, labels)
@@ -313,17 +352,14 @@ def build_report(run: Run, threshold: float = DEFAULT_THRESHOLD, population: Map
         "threshold": M.threshold_summary(correct, run.confidence, threshold),
         "calibration": M.reliability(correct, run.confidence),
         "corrected": corrected,
-        "items": [
-            {"path": p, "true": t, "pred": q, "confidence": c, "correct": t == q}
-            for p, t, q, c in zip(run.paths, run.y_true, run.y_pred, run.confidence)
-        ],
+        "items": items,
         "errors": run.errors,
         "notes": run.notes,
+        "empty": checks.empty_section(run.y_true, run.empty_scores),
+        "label_check": label_check,
+        "training_overlap": overlap,
+        "warnings": [w for w in (checks.label_warning(label_check, run.name), checks.overlap_warning(overlap, run.name)) if w],
     }
-
-
-def cell_paths(report: Mapping[str, Any], true_label: str, predicted_label: str) -> list[str]:
-    return list(report["cells"].get(f"{true_label}\t{predicted_label}", []))
 
 
 def combine(reports: Sequence[dict[str, Any]], data: str = "") -> dict[str, Any]:
@@ -446,141 +482,6 @@ def load_report(source: str | os.PathLike | bytes) -> dict[str, Any]:
         report["confusion"]["counts"] = np.asarray(report["confusion"]["counts"], dtype=int)
         report["confusion"]["normalized"] = np.asarray(report["confusion"]["normalized"], dtype=float)
     return bundle
-
-
-# --- figures (plotly) ----------------------------------------------------------------------------
-def _hover_files(paths: list[str]) -> str:
-    names = [html.escape(Path(p).name) for p in paths[:HOVER_FILES]]
-    more = f"<br>… and {len(paths) - HOVER_FILES} more" if len(paths) > HOVER_FILES else ""
-    return "<br>".join(names) + more if names else "(none)"
-
-
-def confusion_figure(report: Mapping[str, Any], normalized: bool = False, clickable: bool = False):
-    """Heatmap of the confusion matrix; hover shows the count, row share and the first file names.
-
-    ``clickable`` overlays a near-invisible marker on every cell: plotly heatmaps emit no
-    selection events, markers do, so the dashboard learns which cell was clicked.
-    """
-    import plotly.graph_objects as go
-
-    labels = report["labels"]
-    counts = np.asarray(report["confusion"]["counts"])
-    share = np.asarray(report["confusion"]["normalized"])
-    z = share if normalized else counts
-    text = [[f"{share[i, j]:.0%}" if normalized else str(counts[i, j]) for j in range(len(labels))] for i in range(len(labels))]
-    files = [[_hover_files(cell_paths(report, t, p)) for p in labels] for t in labels]
-    custom = np.dstack([counts, share, np.asarray(files, dtype=object)]) if labels else None
-    fig = go.Figure(
-        go.Heatmap(
-            z=z, x=labels, y=labels, text=text, texttemplate="%{text}", colorscale="Blues",
-            zmin=0, zmax=1 if normalized else None, customdata=custom,
-            hovertemplate="true: %{y}<br>predicted: %{x}<br>count: %{customdata[0]} (%{customdata[1]:.0%} of row)"
-                          "<br>%{customdata[2]}<extra></extra>",
-            colorbar={"title": "share of row" if normalized else "images"},
-        )
-    )
-    if clickable and labels:
-        xs, ys, data = [], [], []
-        for i, t in enumerate(labels):
-            for j, p in enumerate(labels):
-                xs.append(p)
-                ys.append(t)
-                data.append([int(counts[i, j]), float(share[i, j]), files[i][j]])
-        fig.add_trace(go.Scatter(
-            x=xs, y=ys, mode="markers", customdata=data, showlegend=False, name="cells",
-            marker={"symbol": "square", "size": 40, "opacity": 0, "color": "rgba(0,0,0,0)"},
-            selected={"marker": {"opacity": 0}}, unselected={"marker": {"opacity": 0}},
-            hovertemplate="true: %{y}<br>predicted: %{x}<br>count: %{customdata[0]} (%{customdata[1]:.0%} of row)"
-                          "<br>%{customdata[2]}<extra></extra>",
-        ))
-        fig.data[0].hoverinfo = "skip"
-        fig.data[0].hovertemplate = None
-    fig.update_layout(
-        title=f"Confusion matrix: {report['name']}" + (" (row-normalised)" if normalized else " (counts)"),
-        xaxis_title="predicted", yaxis_title="true", yaxis_autorange="reversed",
-        height=max(360, 60 + 42 * len(labels)), margin={"t": 60, "l": 10, "r": 10, "b": 10},
-    )
-    return fig
-
-
-def bins_figure(report: Mapping[str, Any]):
-    import plotly.graph_objects as go
-
-    bins = report["confidence_bins"]
-    fig = go.Figure(
-        go.Bar(
-            x=[b["bin"] for b in bins], y=[b["accuracy"] for b in bins],
-            text=[f"n={b['count']}" for b in bins], textposition="outside",
-            hovertemplate="confidence %{x}<br>accuracy %{y:.1%}<br>%{text}<extra></extra>",
-            marker_color="#3b7d4f",
-        )
-    )
-    fig.update_layout(title="Accuracy per confidence bin", xaxis_title="confidence", yaxis_title="accuracy",
-                      yaxis_range=[0, 1.12], yaxis_tickformat=".0%", height=360, margin={"t": 60, "b": 10})
-    return fig
-
-
-def coverage_figure(report: Mapping[str, Any], threshold: float | None = None):
-    import plotly.graph_objects as go
-
-    curve = report["coverage"]
-    t = [row["threshold"] for row in curve]
-    fig = go.Figure()
-    fig.add_trace(go.Scatter(x=t, y=[row["coverage"] for row in curve], name="coverage (share accepted)", mode="lines"))
-    fig.add_trace(go.Scatter(x=t, y=[row["accuracy"] for row in curve], name="accuracy of accepted", mode="lines"))
-    threshold = report["threshold"]["threshold"] if threshold is None else threshold
-    fig.add_vline(x=threshold, line_dash="dash", line_color="grey", annotation_text=f"T={threshold:.2f}")
-    fig.update_layout(title="Accept everything above T", xaxis_title="threshold T", yaxis_tickformat=".0%",
-                      yaxis_range=[0, 1.05], height=360, margin={"t": 60, "b": 10}, legend={"orientation": "h", "y": -0.2})
-    return fig
-
-
-def reliability_figure(report: Mapping[str, Any]):
-    import plotly.graph_objects as go
-
-    cal = report["calibration"]
-    bins = [b for b in cal["bins"] if b["count"]]
-    fig = go.Figure()
-    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect calibration", line={"dash": "dot", "color": "grey"}))
-    fig.add_trace(go.Bar(x=[(b["lower"] + b["upper"]) / 2 for b in bins], y=[b["accuracy"] for b in bins], width=0.09,
-                         name="accuracy", customdata=[[b["count"], b["mean_confidence"]] for b in bins],
-                         hovertemplate="bin %{x:.2f}<br>accuracy %{y:.1%}<br>mean confidence %{customdata[1]:.1%}"
-                                       "<br>n=%{customdata[0]}<extra></extra>"))
-    fig.add_trace(go.Scatter(x=[b["mean_confidence"] for b in bins], y=[b["accuracy"] for b in bins], mode="markers",
-                             name="(mean confidence, accuracy)"))
-    ece = cal["ece"]
-    fig.update_layout(title=f"Reliability diagram (ECE {ece:.3f})" if ece is not None and not math.isnan(ece) else "Reliability diagram",
-                      xaxis_title="confidence", yaxis_title="accuracy", xaxis_range=[0, 1], yaxis_range=[0, 1.05],
-                      height=360, margin={"t": 60, "b": 10}, legend={"orientation": "h", "y": -0.2})
-    return fig
-
-
-def compare_figure(bundle: Mapping[str, Any]):
-    import plotly.graph_objects as go
-
-    rows = bundle["compare"]
-    fig = go.Figure()
-    for key, title in (("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("balanced_accuracy", "balanced accuracy"),
-                       ("coverage", "coverage at T")):
-        fig.add_trace(go.Bar(x=[r["name"] for r in rows], y=[r[key] for r in rows], name=title,
-                             text=[f"{r[key]:.1%}" if r[key] is not None else "" for r in rows], textposition="outside"))
-    fig.update_layout(barmode="group", title="Models side by side", yaxis_tickformat=".0%", yaxis_range=[0, 1.15],
-                      height=380, margin={"t": 60, "b": 10})
-    return fig
-
-
-def per_class_rows(report: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Raw per-class metrics with the corrected recall / F1 beside them when available."""
-    corrected = {row["label"]: row for row in (report.get("corrected") or {}).get("per_class", [])}
-    rows = []
-    for row in report["per_class"]:
-        out = dict(row)
-        if row["label"] in corrected:
-            out["corrected_precision"] = corrected[row["label"]]["precision"]
-            out["corrected_recall"] = corrected[row["label"]]["recall"]
-            out["corrected_f1"] = corrected[row["label"]]["f1"]
-        rows.append(out)
-    return rows
 
 
 # --- HTML ------------------------------------------------------------------------------------------
