@@ -39,6 +39,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from wildid import fingerprint
 from wildid.cards import CARD_FILE, ModelCard, load_card, today
 from wildid.datasets import LabelledData, Sample, load_labelled  # noqa: F401 - re-exported
 from wildid.errors import DataError, WildidError
@@ -851,6 +852,8 @@ def train(
         "seed": config.seed,
         "folds": config.folds,
         "seconds": round(time.perf_counter() - started, 1),
+        # Digests of the training files, so an evaluation on them is caught (wildid.fingerprint).
+        "training_files": fingerprint.sketch(sample.path for sample in data.samples),
     }
     if data.skipped:
         provenance["skipped_examples"] = [f"{p}: {r}" for p, r in data.skipped[:10]]
