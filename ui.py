@@ -6,6 +6,8 @@ app touches the model registry's cache, so tests can patch ``load_model``.
 
 from __future__ import annotations
 
+import re
+
 import streamlit as st
 
 from wildid import registry
@@ -14,6 +16,22 @@ from wildid.errors import WildidError
 
 MODEL_KEY = "model_name"
 PICKER_KEY = "_model_picker"
+# What gives untrusted text meaning in Streamlit's Markdown (links, HTML, code, emphasis, tables,
+# headings, maths, entities, shortcodes): escaped with a backslash so it shows as itself.
+_MARKDOWN_SPECIAL = re.compile(r"[\\`*\[\]<>#|~$&]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])|:(?=[\w/+-])")
+
+
+def md(text) -> str:
+    """``text`` escaped for any Streamlit element that renders Markdown: shown as typed."""
+    return _MARKDOWN_SPECIAL.sub(lambda m: "\\" + m.group(0), " ".join(str(text).split()))
+
+
+@st.cache_resource(show_spinner=False)
+def training_runs():
+    """Every training run of this server, keyed by output name: a reload or another tab re-attaches."""
+    from wildid.jobs import TrainingRuns
+
+    return TrainingRuns()
 
 
 @st.cache_resource(show_spinner="Loading model…", max_entries=4)

@@ -140,3 +140,9 @@ def test_write_needs_a_label_besides_empty(tmp_path):
     labelset.write(results, ["vole", "stoat"])
     assert labelset.add(results, "shrew") == ["vole", "stoat", "empty", "shrew"]
     assert labelset.add(results, "SHREW") == ["vole", "stoat", "empty", "shrew"]
+
+
+def test_proposed_model_names_are_free_and_safe():
+    assert project.propose_model_name("tunnel cams", set()) == "tunnel-cams-1"
+    assert project.propose_model_name("tunnel cams", {"tunnel-cams-1", "tunnel-cams-2"}) == "tunnel-cams-3"
+    assert project.propose_model_name("_x", set()) == "x-1"

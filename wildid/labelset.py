@@ -90,11 +90,11 @@ def from_data(source: str | os.PathLike) -> list[str]:
 
 
 def suggest(card_classes: Sequence[str] = (), used: Iterable[str] = ()) -> list[str]:
-    """A starting label set when none is declared: labels already used in the journal, then the
-    model's classes when they are few (a project-specific model), then ``empty``."""
-    labels = list(dict.fromkeys(used))
-    if 0 < len(card_classes) <= MAX_MODEL_CLASSES:
-        labels += [c for c in card_classes if c not in labels]
+    """A starting label set when none is declared: the model's classes when they are few (a
+    project-specific model), then labels already used in the journal, then ``empty``.  The
+    model's classes come first so a label used for the first time never reorders the keys."""
+    labels = list(dict.fromkeys(card_classes)) if 0 < len(card_classes) <= MAX_MODEL_CLASSES else []
+    labels += [label for label in dict.fromkeys(used) if label not in labels]
     return with_empty(labels)
 
 

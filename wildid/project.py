@@ -39,7 +39,7 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 def slug(text: str, limit: int = 40) -> str:
     """A file-name-safe form of ``text`` (letters, digits, ``_ . -``), never hidden or empty."""
-    name = _UNSAFE.sub("-", text).strip("-.")[:limit].strip("-.")
+    name = _UNSAFE.sub("-", text).strip("-._")[:limit].strip("-._")
     return name or "folder"
 
 
@@ -151,6 +151,16 @@ def results_summary(path: Path) -> tuple[str, int]:
     except OSError:
         pass
     return model, rows
+
+
+def propose_model_name(base: str, taken) -> str:
+    """A new model name for a project's folder: ``<folder>-1``, ``-2``… whichever is free."""
+    stem = slug(base, 50)
+    taken = set(taken)
+    number = 1
+    while f"{stem}-{number}" in taken:
+        number += 1
+    return f"{stem}-{number}"
 
 
 def for_folder(folder: str | os.PathLike, root: Path) -> Project:
