@@ -97,3 +97,28 @@ def test_background_crop_run_and_camtrap_export(models_root, allowed):
         media = list(csv.DictReader(io.StringIO(archive.read("media.csv").decode())))
     assert sorted(m["filePath"] for m in media) == [f"cam/IMG_{i:04d}.jpg" for i in range(7)]
     assert len(at.get("download_button")) == 3
+
+
+def test_results_go_to_the_folders_project_and_another_session_finds_them(models_root, allowed):
+    from wildid import project
+
+    at = page()
+    at.text_input(key="batch_folder").input("site1").run()
+    proj = project.for_folder(allowed / "site1", allowed)
+    assert any(str(proj.path) in c.value.replace("\\", "") for c in at.caption)  # shown before any run
+    at.button[0].click().run()
+    assert not at.exception and not at.error
+    results = proj.results_path("tiny")
+    assert at.session_state["batch_results"] == str(results) and results.is_file()
+    assert [run.model for run in proj.runs()] == ["tiny"] and proj.runs()[0].rows == 8
+    first = results.read_bytes()
+    # a new session: typing the folder shows the previous run, and Classify resumes it (nothing redone)
+    fresh = page()
+    fresh.text_input(key="batch_folder").input(str(allowed / "site1")).run()
+    assert not fresh.exception
+    assert {m.label: m.value for m in fresh.metric}.get("Files") == "8"
+    assert [c for c in fresh.checkbox if c.label.startswith("Resume")][0].value is True
+    fresh.button[0].click().run()
+    assert not fresh.exception and results.read_bytes() == first
+    assert fresh.button(key="batch_to_review").label == "Review these results"
+    assert fresh.button(key="batch_to_dashboard").label == "Evaluate"

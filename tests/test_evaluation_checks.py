@@ -81,3 +81,14 @@ def test_no_overlap_no_warning(models_root, tmp_path):
     assert report["training_overlap"] is None  # the tiny model's card keeps no fingerprint
     assert report["label_check"]["unknown"] == [] and report["warnings"] == []
     assert report["empty"] is not None and report["empty"]["roc"] is None  # no empty frame labelled
+
+
+def test_a_saved_report_can_be_scored_again_with_mapped_labels(models_root, tmp_path):
+    results, _ = project_results(tmp_path, TRUTH, SCORES)
+    report = ev.build_report(ev.from_journal(results))
+    saved = ev.load_report(ev.to_json(ev.combine([report])).encode())["models"][0]
+    labels = {i["true"] for i in saved["items"]} | {i["pred"] for i in saved["items"]}
+    mapped = ev.remap(saved, checks.animal_or_empty(labels), empty_threshold=0.9)
+    assert mapped["labels"] == ["animal", "empty"] and mapped["summary"]["accuracy"] == pytest.approx(4 / 6)
+    assert mapped["empty"] == saved["empty"] and mapped["name"] == "tiny (labels mapped)"
+    assert not any("No true label" in w for w in mapped["warnings"])

@@ -362,6 +362,30 @@ def build_report(run: Run, threshold: float = DEFAULT_THRESHOLD, population: Map
     }
 
 
+def run_from_report(report: Mapping[str, Any]) -> Run:
+    """The run behind a report (from its per-image items), e.g. to score it again with mapped labels."""
+    items = report["items"]
+    return Run(
+        name=report["name"], paths=[i["path"] for i in items], y_true=[i["true"] for i in items],
+        y_pred=[i["pred"] for i in items], confidence=[float(i["confidence"]) for i in items],
+        classes=tuple(report.get("labels", ())), errors=list(report.get("errors", [])), source=report.get("source", ""),
+        notes=list(report.get("notes", [])), empty_scores=[i.get("empty_score") for i in items],
+    )
+
+
+def remap(report: Mapping[str, Any], mapping: Mapping[str, str], empty_threshold: float | None = None,
+          threshold: float = DEFAULT_THRESHOLD) -> dict[str, Any]:
+    """The report scored again with labels mapped (see ``evaluation_checks.regroup``); the
+    training-overlap finding and the empty filter's ROC carry over unchanged."""
+    mapped = build_report(checks.regroup(run_from_report(report), mapping, empty_threshold), threshold,
+                          check_training=False)
+    mapped["training_overlap"] = report.get("training_overlap")
+    mapped["empty"] = report.get("empty")
+    mapped["warnings"] = [w for w in report.get("warnings", []) if "training images" in w]
+    mapped["name"] = f"{report['name']} (labels mapped)"
+    return mapped
+
+
 def combine(reports: Sequence[dict[str, Any]], data: str = "") -> dict[str, Any]:
     """Several model / variant reports on the same data, with the side-by-side table."""
     names = Counter()
