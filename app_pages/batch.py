@@ -62,7 +62,8 @@ root = batch.allowed_root()
 folder_text, uploads, archive = "", [], None
 proj = None
 if source == "Folder on the server":
-    folder_text = st.text_input("Folder", value=st.query_params.get("folder", ""), key="batch_folder",
+    st.session_state.setdefault("batch_folder", st.query_params.get("folder", ""))
+    folder_text = st.text_input("Folder", key="batch_folder",
                                 placeholder=str(root / "camera1"), help=f"must lie inside {root}")
     if folder_text.strip():
         try:

@@ -179,8 +179,9 @@ if handed:
     st.session_state["rv_source"] = "Path"
 source = st.radio("Results file", ["Path", "Upload"], horizontal=True, key="rv_source", label_visibility="collapsed")
 if source == "Path":
+    st.session_state.setdefault("rv_results_path", param("results"))
     path_text = st.text_input(
-        "Results CSV", value=param("results"), key="rv_results_path",
+        "Results CSV", key="rv_results_path",
         placeholder=str(root / "run" / "results.csv"), help=f"a results file written by Batch, under {root}",
     ).strip()
 else:
@@ -266,7 +267,7 @@ with how:
         empty_threshold = st.slider("Likely empty at empty_score ≥", 0.0, 1.0, empty_threshold, 0.01, key="rv_empty",
                                     help="1 = the frame looks like its camera's empty background. The Dashboard shows "
                                          "what each threshold costs, measured on your labels.")
-        spec = review.QueueSpec(kind, empty_threshold=empty_threshold)
+        spec = review.QueueSpec(kind, empty_threshold=empty_threshold, labels=tuple(project_labels))
         st.query_params["empty"] = f"{empty_threshold:g}"
     elif kind == review.QUEUE_BELOW_THRESHOLD:
         default = float(param("threshold") or (card.threshold if card else 0.5))

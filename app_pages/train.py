@@ -45,7 +45,8 @@ with st.form("train_form"):
     data_text = st.text_input("Labelled data (folder or CSV on the server)", placeholder="/data/tracks or /data/labels.csv",
                               key="train_data")
     left, right = st.columns(2)
-    name = left.text_input("New model name", value="my-model", key="train_name")
+    st.session_state.setdefault("train_name", "my-model")
+    name = left.text_input("New model name", key="train_name")
     arch = right.selectbox("Architecture", ARCHS)
     mode = left.radio("Mode", tr.MODES, horizontal=True,
                       help="linear: frozen backbone, features computed once (fast). finetune: last blocks trained. "
@@ -152,11 +153,11 @@ def classify_folder_button(run) -> None:
     folder = run.meta.get("folder")
     if not folder or run.job.result is None:
         return
-    if st.button(f"Classify the folder with {run.name}", type="primary", key="train_to_batch",
+    def pick_model() -> None:  # a callback runs before the sidebar picker exists, so it may set it
+        st.session_state.update({ui.MODEL_KEY: run.name, ui.PICKER_KEY: run.name, "batch_handoff": folder})
+
+    if st.button(f"Classify the folder with {run.name}", type="primary", key="train_to_batch", on_click=pick_model,
                  help=ui.md(f"Batch on {folder} with the new model (its results go beside the first run's)")):
-        st.session_state[ui.MODEL_KEY] = run.name
-        st.session_state[ui.PICKER_KEY] = run.name
-        st.session_state["batch_handoff"] = folder
         st.switch_page("app_pages/batch.py", query_params={"folder": folder})
 
 

@@ -359,6 +359,9 @@ def test_likely_empty_queue_then_the_rest_in_file_order(results):
     # a higher threshold moves frames back to labelling
     strict = review.build_queue(frame, review.QueueSpec(review.QUEUE_TO_LABEL, empty_threshold=0.98))
     assert set(strict.index) == {6, 7, 8, 9, 10, 11}
+    # with the project's own labels, frames accepted under a label outside them need one too
+    own = review.build_queue(frame, review.QueueSpec(review.QUEUE_TO_LABEL, empty_threshold=0.9, labels=("coyote", "empty")))
+    assert set(own.index) == {1, 3, 6, 7, 8, 10}  # 0, 9, 11 likely empty; 2, 4, 5 accepted as coyote
     assert review.QueueSpec(review.QUEUE_LIKELY_EMPTY, empty_threshold=0.9).describe() == "likely empty at empty_score 0.9"
 
 

@@ -322,6 +322,9 @@ class QueueSpec:
     per_bin: int = 10
     bins: tuple[float, ...] = DEFAULT_BINS
     empty_threshold: float = DEFAULT_EMPTY_THRESHOLD  # likely empty at empty_score >= this
+    # The project's labels: a frame batch accepted under another label (a class of a general
+    # model, not of this project) still needs one of these.
+    labels: tuple[str, ...] = ()
 
     def describe(self) -> str:
         if self.kind in EMPTY_QUEUES:
@@ -365,9 +368,12 @@ def build_queue(results: pd.DataFrame, spec: QueueSpec, not_empty: Iterable[str]
             return picked.sort_values(["_score", "relpath", "path"], ascending=[False, True, True],
                                       kind="stable").drop(columns="_score")
         # The rest in file order, so the frames of one burst come one after the other; what batch
-        # accepted stays out unless a reviewer flagged it on a likely-empty page.
+        # accepted under one of the project's labels stays out unless a reviewer flagged it.
         flagged = member(rows["path"], set(not_empty))
-        picked = rows[~blank & ((rows["status"] == "review").to_numpy() | flagged)]
+        needs = (rows["status"] == "review").to_numpy() | flagged
+        if spec.labels:
+            needs |= ~member(rows["label"], set(spec.labels))
+        picked = rows[~blank & needs]
         return picked.sort_values(["relpath", "path"], kind="stable")
     if spec.kind == QUEUE_BELOW_THRESHOLD:
         if spec.threshold is None:
