@@ -166,8 +166,7 @@ def train_handoff(results_path: Path, proj) -> dict:
 
 
 def on_label_the_rest() -> None:
-    st.query_params["queue"] = review.QUEUE_TO_LABEL
-    st.session_state.pop("rv_queue", None)
+    st.session_state["rv_queue"] = review.QUEUE_TO_LABEL  # a callback may set a widget's value
 
 
 # --- results file -----------------------------------------------------------------------------
@@ -252,14 +251,17 @@ except ValueError:
 not_empty = frozenset(project.read_not_empty(results_path))
 who, which, how = st.columns([2, 2, 3])
 reviewer = who.text_input("Reviewer", value=param("reviewer"), key="rv_reviewer", placeholder="your name")
-if param("queue") in review.QUEUES:
-    queue_index = review.QUEUES.index(param("queue"))
-else:
-    # Blanks first when there are any left to confirm, else the frames that need a label.
-    blanks = queue_rows(*results_key, dataclasses.astuple(review.QueueSpec(review.QUEUE_LIKELY_EMPTY, empty_threshold=empty_threshold)), not_empty)
-    left = any(results.loc[i, "path"] not in labels for i in blanks)
-    queue_index = review.QUEUES.index(review.QUEUE_LIKELY_EMPTY if left else review.QUEUE_TO_LABEL)
-kind = which.selectbox("Queue", review.QUEUES, index=queue_index, key="rv_queue",
+if st.session_state.get("rv_queue_for") != str(results_path) or st.session_state.get("rv_queue") not in review.QUEUES:
+    # A results file just opened: the queue in the URL (a reload), else blanks first when there
+    # are any left to confirm, else the frames that need a label.
+    st.session_state["rv_queue_for"] = str(results_path)
+    if param("queue") in review.QUEUES:
+        st.session_state["rv_queue"] = param("queue")
+    else:
+        blanks = queue_rows(*results_key, dataclasses.astuple(review.QueueSpec(review.QUEUE_LIKELY_EMPTY, empty_threshold=empty_threshold)), not_empty)
+        left = any(results.loc[i, "path"] not in labels for i in blanks)
+        st.session_state["rv_queue"] = review.QUEUE_LIKELY_EMPTY if left else review.QUEUE_TO_LABEL
+kind = which.selectbox("Queue", review.QUEUES, key="rv_queue",
                        help="\n\n".join(f"**{k}**: {v}" for k, v in QUEUE_HELP.items()))
 spec = review.QueueSpec(kind)
 with how:
@@ -348,7 +350,7 @@ def empty_pages() -> None:
                     st.image(thumbnail(str(image_path), file_version(image_path)), width="stretch")
                 except WildidError as exc:
                     st.caption(ui.md(str(exc)))
-                st.checkbox(f"animal · {ui.md(Path(row.relpath or row.path).name)}", key=f"rv_flag_{token}_{k}")
+                st.checkbox(f"animal · {ui.md(row.relpath or Path(row.path).name)}", key=f"rv_flag_{token}_{k}")
         submit.form_submit_button(f"Confirm {len(page)} as empty (Enter)", type="primary", shortcut="Enter",
                                   on_click=on_confirm_page, args=(str(results_path), page, token))
 
