@@ -92,3 +92,13 @@ def test_a_saved_report_can_be_scored_again_with_mapped_labels(models_root, tmp_
     assert mapped["labels"] == ["animal", "empty"] and mapped["summary"]["accuracy"] == pytest.approx(4 / 6)
     assert mapped["empty"] == saved["empty"] and mapped["name"] == "tiny (labels mapped)"
     assert not any("No true label" in w for w in mapped["warnings"])
+
+
+def test_cli_evaluate_prints_the_warnings_and_the_empty_filter(models_root, tmp_path, capsys):
+    from wildid.cli import main
+
+    results, _ = project_results(tmp_path, TRUTH, SCORES)
+    assert main(["evaluate", str(results)]) == 0
+    out = capsys.readouterr().out
+    assert "warning: No true label is a class of tiny (3 classes)" in out
+    assert "empty filter: Hide frames with empty_score ≥ 0.90: hides 3 of 6 frames (50%); keeps 2 of 3 animal frames" in out

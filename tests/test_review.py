@@ -321,6 +321,9 @@ def test_cli_merge_export_stats(results, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "reviewed 2" in out and "accuracy 0.0%" in out
     assert main(["review", "merge", str(results), "--out", str(results)]) == 2
+    assert main(["review", "export", str(results), "--out", str(tmp_path / "by-camera.csv"), "--layout", "csv",
+                 "--group-by", "folder"]) == 0
+    assert list(pd.read_csv(tmp_path / "by-camera.csv")["group"]) == ["cam1", "cam1"]
 
 
 def test_replay_with_quoted_fields_and_torn_quote(results):
