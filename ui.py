@@ -51,7 +51,8 @@ def current_model_name() -> str:
 def model_picker(container=None) -> ModelCard | None:
     """The sidebar select box; the choice is remembered across pages in session state."""
     container = container or st.sidebar
-    cards = available_cards()
+    # Re-ID embeddings (e.g. the always-installed generic one) are picked per gallery on the Re-ID page.
+    cards = [card for card in available_cards() if card.kind == "classifier"]
     if not cards:
         container.error("No models installed: add a folder with card.toml under models/.")
         return None
@@ -81,13 +82,45 @@ def current_card() -> ModelCard | None:
     return cards[0] if cards else None
 
 
-def get_predictor(card: ModelCard | None, backend: str = "torch"):
+def switch_model(name: str) -> None:
+    """Button callback: make ``name`` the sidebar's model (callbacks run before the picker exists)."""
+    st.session_state[MODEL_KEY] = name
+    st.session_state[PICKER_KEY] = name
+
+
+def page_link(page: str, label: str, icon: str | None = None, **query: str) -> None:
+    """``st.page_link`` into the app's navigation; a page run on its own (AppTest) has no
+    navigation to link into, so it gets the same link as plain Markdown."""
+    from urllib.parse import urlencode
+
+    from streamlit.errors import StreamlitAPIException
+
+    try:
+        st.page_link(page, label=label, icon=icon, query_params=query or None)
+    except StreamlitAPIException:
+        stem = page.rsplit("/", 1)[-1].removesuffix(".py")
+        st.markdown(f"[{label}](/{stem}{'?' + urlencode(query) if query else ''})")
+
+
+def missing_weights(card: ModelCard) -> None:
+    """One line on a slot without weights, and the two ways to give it some."""
+    st.info(f"“{card.display_title}” has no weights yet: train it on your labelled photos, "
+            f"or import a checkpoint for it.")
+    cols = st.columns(2)
+    with cols[0]:
+        page_link("app_pages/train.py", f"Train {card.name}", ":material/school:", slot=card.name)
+    with cols[1]:
+        page_link("app_pages/models.py", "Import a checkpoint", ":material/upload:", slot=card.name)
+
+
+def get_predictor(card: ModelCard | None, backend: str = "torch", explain_missing: bool = True):
     """The loaded predictor, or None after telling the user why (slot without weights, bad file)."""
     if card is None:
         st.error("No model selected.")
         return None
     if not card.has_weights:
-        st.info(registry.missing_weights_message(card))
+        if explain_missing:
+            missing_weights(card)
         return None
     try:
         return load_model(card.name, backend)

@@ -18,6 +18,7 @@ from wildid import batch, detections, project
 from wildid.background import DEFAULT_EMPTY_THRESHOLD, BackgroundRegions
 from wildid.detections import DEFAULT_DETECTION_THRESHOLD
 from wildid.errors import WildidError
+from wildid.imaging import MAX_UPLOAD_IMAGE_MB
 
 LIVE_ROWS = 200
 LIVE_COLUMNS = ["relpath", "label", "confidence", "status", "empty_score", "datetime", "sequence_id", "error"]
@@ -72,10 +73,10 @@ if source == "Folder on the server":
         except WildidError as exc:
             ui.show_error(exc)
 elif source == "Upload images":
-    uploads = st.file_uploader("Images", accept_multiple_files=True,
+    uploads = st.file_uploader("Images", accept_multiple_files=True, max_upload_size=MAX_UPLOAD_IMAGE_MB,
                                type=["jpg", "jpeg", "png", "tif", "tiff", "bmp", "webp"])
 else:
-    archive = st.file_uploader("Zip of a folder of images", type=["zip"])
+    archive = st.file_uploader("Zip of a folder of images (up to 2 GB)", type=["zip"])
 
 with st.expander("Options"):
     cols = st.columns(4)
@@ -160,13 +161,15 @@ if results and Path(results).exists():
     frame = batch.results_frame(results)
     st.subheader("Results")
     counts = frame["status"].value_counts()
-    cols = st.columns(5 if counts.get("empty") else 4)
+    cols = st.columns(6 if counts.get("empty") else 5)
     if counts.get("empty"):
-        cols[4].metric("Empty (no animal box)", int(counts.get("empty", 0)))
+        cols[5].metric("Empty (no animal box)", int(counts.get("empty", 0)))
     cols[0].metric("Files", len(frame))
     cols[1].metric("Accepted", int(counts.get("accepted", 0)))
     cols[2].metric("To review", int(counts.get("review", 0)))
-    cols[3].metric("Errors", int(counts.get("error", 0)))
+    cols[3].metric("Out of scope", int(counts.get("out_of_scope", 0)),
+                   help="Not something this model was trained on (e.g. a footprint sent to a photo model)")
+    cols[4].metric("Errors", int(counts.get("error", 0)))
     st.caption(ui.md(f"Results file: {results}"))
     owner = project.of_results(results)
     chosen = owner.empty_threshold if owner is not None else None
@@ -184,7 +187,8 @@ if results and Path(results).exists():
     classified = frame[frame["status"] != "error"]
     if len(classified):
         figure = px.histogram(classified, x="confidence", color="status", range_x=[0, 1],
-                              title="Confidence of the top label", color_discrete_map={"accepted": "#2f6b3a", "review": "#d08c2b"})
+                              title="Confidence of the top label", color_discrete_map={"accepted": "#2f6b3a", "review": "#d08c2b",
+                                                                      "out_of_scope": "#8a8f99"})
         figure.update_traces(xbins={"start": 0.0, "end": 1.0, "size": 0.05})
         st.plotly_chart(figure, width="stretch")
     # Hand-offs: the next pages open on this very file, no download and upload.

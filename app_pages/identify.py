@@ -17,7 +17,8 @@ import streamlit as st
 import ui
 from wildid import explain
 from wildid.errors import WildidError
-from wildid.imaging import crop, enhance_nir, load_image
+from wildid import scope
+from wildid.imaging import MAX_UPLOAD_IMAGE_MB, box_from_selection, check_upload, enhance_nir, load_image, upright_size
 from wildid.species import find_species
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
@@ -34,7 +35,8 @@ def example_files() -> list[Path]:
 def pick_photo() -> tuple[str, bytes] | None:
     source = st.radio("Photo from", SOURCES, horizontal=True, key="identify_source")
     if source == "Upload":
-        upload = st.file_uploader("Photo (JPEG, PNG, WebP, TIFF incl. 16-bit NIR, BMP)", type=UPLOAD_TYPES, key="identify_upload")
+        upload = st.file_uploader("Photo (JPEG, PNG, WebP, TIFF incl. 16-bit NIR, BMP)", type=UPLOAD_TYPES,
+                                  key="identify_upload", max_upload_size=MAX_UPLOAD_IMAGE_MB)
         return (upload.name, upload.getvalue()) if upload is not None else None
     if source == "Camera":
         shot = st.camera_input("Take a photo", key="identify_camera")
@@ -47,23 +49,35 @@ def pick_photo() -> tuple[str, bytes] | None:
     return path.name, path.read_bytes()
 
 
-def decode(name: str, data: bytes, full_resolution: bool, draft_size: int) -> object:
-    """The photo as RGB; JPEGs draft-decoded unless a crop box needs original pixels."""
+def as_upload(name: str, data: bytes) -> io.BytesIO:
+    """The photo's bytes as a named file object: the same bytes `wildid predict` reads from disk."""
     buffer = io.BytesIO(data)
     buffer.name = name
-    return load_image(buffer, draft_size=None if full_resolution else max(draft_size, DISPLAY_SIDE))
+    return buffer
 
 
-def crop_box(image, digest: str) -> tuple[int, int, int, int]:
-    """Typed box in the photo's pixels; defaults to the central half, reset per photo."""
-    st.caption(f"Box in pixels of the {image.width}x{image.height} photo (x, y = top-left corner).")
-    cols = st.columns(4)
-    defaults = (image.width // 4, image.height // 4, image.width // 2, image.height // 2)
-    labels = ("x", "y", "width", "height")
-    return tuple(
-        int(col.number_input(label, min_value=0, value=default, step=10, key=f"identify_crop_{label}_{digest}"))
-        for col, label, default in zip(cols, labels, defaults)
-    )
+def draw_crop_box(display, digest: str):
+    """The photo as a plotly image; a box drawn on it (box select) is the crop, as fractions.
+
+    Until a box is drawn the full photo is used.  A grid of faint points lies over the image
+    because plotly reports selections on point traces.
+    """
+    import numpy as np
+
+    width, height = display.size
+    step = max(width, height) / 48
+    xs, ys = np.meshgrid(np.arange(step / 2, width, step), np.arange(step / 2, height, step))
+    fig = go.Figure(go.Image(z=np.asarray(display), hoverinfo="skip"))
+    fig.add_trace(go.Scatter(x=xs.ravel(), y=ys.ravel(), mode="markers", hoverinfo="skip", showlegend=False,
+                             marker=dict(size=3, color="rgba(255,255,255,0.01)")))
+    fig.update_layout(dragmode="select", height=min(520, max(160, int(440 * height / max(width, 1)))),
+                      margin=dict(l=0, r=0, t=0, b=0), xaxis=dict(visible=False, range=[0, width]),
+                      yaxis=dict(visible=False, range=[height, 0], scaleanchor="x"))
+    st.caption("Drag a box over the animal (or its track); the prediction then uses only the box. "
+               "Double-click the photo to clear it.")
+    event = st.plotly_chart(fig, key=f"identify_crop_chart_{digest}", on_select="rerun", selection_mode="box",
+                            config={"displayModeBar": False})
+    return box_from_selection((event or {}).get("selection"), width, height)
 
 
 def top_k_chart(prediction, key: str) -> None:
@@ -80,7 +94,13 @@ def top_k_chart(prediction, key: str) -> None:
 
 
 def show_verdict(prediction) -> None:
-    if prediction.uncertain:
+    if prediction.out_of_scope:
+        st.warning(
+            f"Not something this model was trained on: “{prediction.card.display_title}” does not "
+            f"recognise this kind of image (scope score {prediction.scope_score:.2f}, below its "
+            f"{prediction.card.scope_threshold:.2f}), so it gives no species answer."
+        )
+    elif prediction.uncertain:
         candidates = ", ".join(f"{label} ({p:.0%})" for label, p in prediction.top_k[:3])
         st.warning(
             f"Uncertain: no class reaches this model's {prediction.card.threshold:.0%} threshold. "
@@ -120,7 +140,38 @@ def _clause(text: str) -> str:
     return text.strip().rstrip(".")
 
 
+def suggest_models(image, current: str, also: bool = False) -> None:
+    """Other installed models that say they know this kind of image, with a button to switch.
+
+    ``also``: the current model answered too; mention another model only when one fits, quietly.
+    """
+    # Only models with a scope check can say "I know this kind of image".
+    candidates = [c for c in ui.available_cards()
+                  if c.name != current and c.has_weights and c.kind == "classifier" and c.scope_kind]
+    predictors = [p for p in (ui.get_predictor(c, explain_missing=False) for c in candidates) if p is not None]
+    try:
+        fits = scope.better_fits(image, predictors)
+    except WildidError as exc:
+        st.caption(f"Could not ask the other models: {exc}")
+        return
+    if not fits:
+        if not also:
+            st.caption("No other installed model recognises this kind of image either.")
+        return
+    best = fits[0]
+    if also:
+        st.caption(f"“{best.card.display_title}” was also trained on images like this one "
+                   f"(it would say {best.label}, {best.confidence:.0%}).")
+    else:
+        st.info(f"“{best.card.display_title}” was trained on images like this one "
+                f"(it would say {best.label}, {best.confidence:.0%}).")
+    st.button(f"Use {best.card.display_title}", key="identify_switch_model", on_click=ui.switch_model,
+              args=(best.card.name,), type="primary")
+
+
 def show_facts(prediction) -> None:
+    if prediction.out_of_scope:
+        return
     shown = set()
     if not prediction.uncertain:
         st.subheader("About this animal")
@@ -196,8 +247,6 @@ card = ui.current_card()
 if card is not None:
     ui.show_card(card)
 predictor = ui.get_predictor(card)
-if predictor is None:
-    st.stop()
 
 photo = pick_photo()
 if photo is None:
@@ -205,23 +254,45 @@ if photo is None:
     st.stop()
 name, data = photo
 digest = hashlib.sha1(data).hexdigest()[:12]
-
-with st.expander("Options: crop box · NIR enhancement · compare models"):
-    use_crop = st.toggle("Predict on a crop box", key="identify_use_crop")
-    use_nir = st.toggle("Enhance a dark / NIR frame (CLAHE)", key="identify_nir")
-    others = [c for c in ui.available_cards() if c.has_weights and c.name != card.name]
-    compared = st.multiselect("Compare with (side by side)", [c.name for c in others], max_selections=2,
-                              format_func=lambda n: next(c.display_title for c in others if c.name == n),
-                              key="identify_compare")
 try:
-    image = decode(name, data, full_resolution=use_crop, draft_size=predictor.draft_size)
+    check_upload(name, len(data))
 except WildidError as exc:
     st.error(str(exc))
     st.stop()
-box = crop_box(image, digest) if use_crop else None
+if predictor is None:
+    # The slot has no weights (explained above); the photo can still go to another model.
+    if card is not None and card.kind == "classifier":
+        suggest_models(as_upload(name, data), card.name)
+    st.stop()
 
+others = [c for c in ui.available_cards() if c.has_weights and c.name != card.name and c.kind == "classifier"]
+with st.expander("Options: crop · NIR enhancement · compare models"):
+    use_crop = st.toggle("Crop: draw a box on the photo", key="identify_use_crop")
+    use_nir = st.toggle("Enhance a dark / NIR frame (CLAHE)", key="identify_nir")
+    if others:
+        compared = st.multiselect("Compare with (side by side)", [c.name for c in others], max_selections=2,
+                                  format_func=lambda n: next(c.display_title for c in others if c.name == n),
+                                  key="identify_compare")
+    else:
+        compared = []
+        slots = [c.name for c in ui.available_cards() if not c.has_weights]
+        st.caption("Compare needs a second model with weights: only this one has weights"
+                   + (f" (slots still without weights: {', '.join(slots)})." if slots else "."))
 try:
-    working = crop(image, box) if box else image
+    # Shown at screen size; the model gets its own decode of the same bytes (predictor.load), the
+    # one path that `wildid predict` and `wildid batch` take too.
+    display = load_image(as_upload(name, data), draft_size=DISPLAY_SIDE)
+    display.thumbnail((DISPLAY_SIDE, DISPLAY_SIDE))
+    width, height = upright_size(as_upload(name, data))
+except WildidError as exc:
+    st.error(str(exc))
+    st.stop()
+
+photo_column, result_column = st.columns(2)
+with photo_column:
+    box = draw_crop_box(display, digest) if use_crop else None
+try:
+    working = predictor.load(as_upload(name, data), box=box)
     if use_nir:
         working = enhance_nir(working)
     [prediction] = predictor.predict([working], top_k=5)
@@ -229,21 +300,27 @@ except WildidError as exc:
     st.error(str(exc))
     st.stop()
 
-display = working.copy()
-display.thumbnail((DISPLAY_SIDE, DISPLAY_SIDE))
-photo_column, result_column = st.columns(2)
+shown = working.copy() if (box or use_nir) else display
+shown.thumbnail((DISPLAY_SIDE, DISPLAY_SIDE))
 with photo_column:
     show_cam = st.toggle("Show what the model looked at (Grad-CAM)", key="identify_cam")
     if show_cam:
-        show_grad_cam(predictor, display, prediction)
-    else:
-        details = [name, f"{image.width}x{image.height}"] + (["crop"] if box else []) + (["CLAHE"] if use_nir else [])
-        st.image(display, width="stretch", caption=" · ".join(details))
+        show_grad_cam(predictor, shown, prediction)
+    elif not use_crop or box:
+        details = [name, f"{width}x{height}"] + (["crop"] if box else []) + (["CLAHE"] if use_nir else [])
+        st.image(shown, width="stretch", caption=" · ".join(details))
 with result_column:
     show_verdict(prediction)
-    top_k_chart(prediction, key="identify_chart")
+    if prediction.out_of_scope:
+        suggest_models(working, card.name)
+        with st.expander("What it would guess anyway"):
+            top_k_chart(prediction, key="identify_chart")
+    else:
+        top_k_chart(prediction, key="identify_chart")
+        if card.task == "animals":  # the general model: a specialised model may know this photo better
+            suggest_models(working, card.name, also=True)
 show_facts(prediction)
-workshop(predictor, display)
+workshop(predictor, shown)
 if compared:
     st.subheader("Side by side")
     compare([card.name, *compared], working)

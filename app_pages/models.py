@@ -32,7 +32,8 @@ st.write(
 )
 with st.form("import"):
     upload = st.file_uploader("Checkpoint", type=["safetensors", "pt", "pth", "bin", "ckpt"])
-    name = st.text_input("Model name", placeholder="e.g. tracks, or my-voles")
+    # Arriving from a slot without weights (Identify's "Import a checkpoint" link): fill in its name.
+    name = st.text_input("Model name", value=st.query_params.get("slot", ""), placeholder="e.g. tracks, or my-voles")
     slot_names = [c.name for c in listing.cards if not c.has_weights]
     arch = st.selectbox("Architecture", ["(from the model slot)", *SUPPORTED_ARCHS])
     classes = st.text_area("Classes (one per line, or comma-separated; empty for a model slot)")

@@ -6,7 +6,7 @@ import streamlit as st
 import ui
 from wildid import reid
 from wildid.errors import WildidError
-from wildid.imaging import load_image
+from wildid.imaging import MAX_UPLOAD_IMAGE_MB, check_upload, load_image
 from wildid.registry import find_card
 
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "tif", "tiff", "bmp"]
@@ -18,24 +18,47 @@ st.caption(
 )
 
 
+GENERIC_NOTE = ("generic starting point: ImageNet features, not trained on individuals; "
+                "train your own with `wildid train-reid DATA --out models/NAME`")
+
+
+def model_label(card) -> str:
+    generic = card.provenance.get("generic")
+    return card.display_title + (" (generic starting point)" if generic else "")
+
+
 def new_gallery_form() -> None:
-    cards = reid.embedding_cards()
+    cards = [c for c in reid.embedding_cards() if c.has_weights]
     if not cards:
         st.info("No re-identification model installed: train one with "
                 "`wildid train-reid DATA --out models/NAME` (one sub-folder of images per individual).")
         return
-    with st.form("reid_new_gallery"):
+    by_name = {c.name: c for c in cards}
+    with st.form("reid_new_gallery", clear_on_submit=True):
         name = st.text_input("Gallery name", key="reid_new_gallery_name")
-        model = st.selectbox("Embedding model", [c.name for c in cards], key="reid_new_gallery_model")
+        model = st.selectbox("Embedding model", list(by_name), format_func=lambda n: model_label(by_name[n]),
+                             key="reid_new_gallery_model")
+        if any(c.provenance.get("generic") for c in cards):
+            st.caption("The generic model is a " + GENERIC_NOTE + ".")
         if st.form_submit_button("Create gallery"):
             try:
                 reid.Gallery.create(name, find_card(model))
             except WildidError as exc:
                 st.error(str(exc))
             else:
-                st.session_state["reid_gallery"] = reid.check_name(name)
+                # The gallery select box already exists in this run: choose the new gallery on the next one.
+                st.session_state["reid_select_next"] = reid.check_name(name)
                 st.rerun()
 
+
+# Choices made by the previous run (a new gallery, a registered individual), applied before the
+# widgets that show them are created.
+if "reid_select_next" in st.session_state:
+    st.session_state["reid_gallery"] = st.session_state.pop("reid_select_next")
+if st.session_state.pop("reid_clear_new_name", False):
+    st.session_state.pop("reid_new_name", None)
+for message in st.session_state.pop("reid_flash", []):
+    st.success(message)
 
 names = reid.list_galleries()
 if not names:
@@ -60,12 +83,15 @@ cols = st.columns(4)
 cols[0].metric("Individuals", summary["individuals"])
 cols[1].metric("Images", summary["images"])
 cols[2].metric("Threshold", f"{threshold:.3f}")
-cols[3].metric("Model", card.display_title)
+cols[3].metric("Model", model_label(card))
+if card.provenance.get("generic"):
+    st.caption("This gallery uses the " + GENERIC_NOTE + ".")
 st.caption(f"Threshold from the {gallery.meta.get('threshold_source', 'model card')}; "
            f"gallery folder {gallery.folder}")
 
 upload_col, top_k_col = st.columns([3, 1])
-upload = upload_col.file_uploader("Photo of the animal", type=UPLOAD_TYPES, key="reid_upload")
+upload = upload_col.file_uploader("Photo of the animal", type=UPLOAD_TYPES, key="reid_upload",
+                                  max_upload_size=MAX_UPLOAD_IMAGE_MB)
 top_k = top_k_col.number_input("Matches to show", 1, 10, 4, key="reid_top_k")
 if upload is None or embedder is None:
     if embedder is not None:
@@ -74,6 +100,7 @@ if upload is None or embedder is None:
 
 data = upload.getvalue()
 try:
+    check_upload(upload.name, len(data))
     image = load_image(data)
     results = reid.identify(embedder, gallery, [image], top_k=top_k) if gallery.entries else []
 except WildidError as exc:
@@ -110,9 +137,11 @@ if results:
                     st.error(str(exc))
                 else:
                     if report.added:
-                        st.success(f"Added the photo to {match.individual} in gallery {gallery.name}.")
-                    else:
-                        st.info(f"This photo is already filed under {match.individual}.")
+                        # Rerun so the counts and matches above include the photo just added.
+                        st.session_state["reid_flash"] = [
+                            f"Added the photo to {match.individual} in gallery {gallery.name}."]
+                        st.rerun()
+                    st.info(f"This photo is already filed under {match.individual}.")
 
 st.subheader("Register a new individual")
 with st.form("reid_register"):
@@ -123,5 +152,8 @@ with st.form("reid_register"):
         except WildidError as exc:
             st.error(str(exc))
         else:
-            st.success(f"Registered {reid.check_name(new_name, 'individual')} in gallery {gallery.name} "
-                       f"({len(report.added)} image).")
+            # Rerun so the counts, the matches and the next free name reflect the new individual.
+            st.session_state["reid_flash"] = [f"Registered {reid.check_name(new_name, 'individual')} in gallery "
+                                              f"{gallery.name} ({len(report.added)} image)."]
+            st.session_state["reid_clear_new_name"] = True
+            st.rerun()

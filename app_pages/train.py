@@ -25,6 +25,11 @@ st.title("Train a model")
 st.caption("Transfer learning from labelled images: an image folder with one sub-folder per class, or a CSV "
            "with path,label (optional group column and crop as x,y,w,h). The new model appears in the sidebar.")
 
+# Arriving from a model slot without weights (Identify's "Train" link): that slot is the output.
+slot = st.query_params.get("slot", "")
+if slot:
+    st.info(f"Training weights for the model slot “{slot}”: point to labelled photos of its classes.")
+
 runs = ui.training_runs()  # shared by every session of this server
 handoff = st.session_state.pop("train_handoff", None)  # from Review's "Train on the reviewed frames"
 if handoff:
@@ -45,7 +50,7 @@ with st.form("train_form"):
     data_text = st.text_input("Labelled data (folder or CSV on the server)", placeholder="/data/tracks or /data/labels.csv",
                               key="train_data")
     left, right = st.columns(2)
-    st.session_state.setdefault("train_name", "my-model")
+    st.session_state.setdefault("train_name", slot or "my-model")
     name = left.text_input("New model name", key="train_name")
     arch = right.selectbox("Architecture", ARCHS)
     mode = left.radio("Mode", tr.MODES, horizontal=True,

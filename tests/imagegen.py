@@ -63,3 +63,33 @@ def write(path: Path, data: bytes | Image.Image, fmt: str | None = None, **kwarg
     else:
         path.write_bytes(data)
     return path
+
+
+def nir_frame(seed: int = 0, size: tuple[int, int] = (640, 480), animal: bool = True) -> Image.Image:
+    """A night camera-trap frame as an NIR sensor gives it: grey, dim, noisy, vignetted.
+
+    A fixed-camera scene (ground gradient, blotches of vegetation) lit by the trap's IR
+    flash from the centre; with ``animal`` a bright-eyed dark body crosses the frame.
+    """
+    from PIL import ImageDraw, ImageFilter
+
+    rng = np.random.default_rng(seed)
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    scene = 40 + 50 * yy / h + 12 * np.sin(xx / rng.uniform(9, 25))
+    for _ in range(40):
+        cx, cy, r = rng.integers(0, w), rng.integers(0, h), rng.integers(6, 45)
+        scene += rng.uniform(-25, 35) * ((xx - cx) ** 2 + (yy - cy) ** 2 < r * r)
+    flash = np.exp(-(((xx - w / 2) / (0.6 * w)) ** 2 + ((yy - h / 2) / (0.6 * h)) ** 2))
+    pixels = scene * (0.4 + 0.8 * flash) * rng.uniform(0.5, 1.1) + rng.normal(0, 7, (h, w))
+    img = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "L")
+    if animal:
+        draw = ImageDraw.Draw(img)
+        bw, bh = int(rng.integers(w // 6, w // 3)), int(rng.integers(h // 8, h // 4))
+        cx, cy = int(rng.integers(bw, w - bw)), int(rng.integers(h // 2, h - bh))
+        draw.ellipse((cx - bw // 2, cy - bh // 2, cx + bw // 2, cy + bh // 2), fill=int(rng.integers(15, 45)))
+        hx = cx + bw // 2 - 4
+        draw.ellipse((hx - bh // 3, cy - bh, hx + bh // 3, cy - bh // 3), fill=int(rng.integers(15, 45)))
+        for dx in (-5, 5):  # eye shine in the IR flash
+            draw.ellipse((hx + dx - 3, cy - 2 * bh // 3 - 3, hx + dx + 3, cy - 2 * bh // 3 + 3), fill=245)
+    return img.filter(ImageFilter.GaussianBlur(0.8)).convert("RGB")

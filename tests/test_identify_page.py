@@ -140,28 +140,41 @@ def test_example_picker(models_root):
     assert not at.exception and image_captions(at)[0] == "night_frame_nir.tif · 300x200"
 
 
-def test_crop_box_decides_the_prediction(models_root):
+def crop_state(digest: str, x: tuple[float, float], y: tuple[float, float]) -> dict:
+    """What Streamlit stores for a box drawn on the crop chart (display pixels)."""
+    return {"selection": {"points": [], "point_indices": [], "lasso": [],
+                          "box": [{"xref": "x", "yref": "y", "x": list(x), "y": list(y)}]}}
+
+
+def chart_probabilities(at: AppTest, index: int = -1) -> dict[str, float]:
+    """Label -> probability from the top-k chart's figure (the exact numbers the page computed)."""
+    import json
+
+    figure = json.loads(at.get("plotly_chart")[index].proto.spec)
+    [bar] = [trace for trace in figure["data"] if trace.get("type") == "bar"]
+    return dict(zip(bar["y"], bar["x"]))
+
+
+def test_crop_is_off_until_a_box_is_drawn(models_root):
     left = np.asarray(class_image("dark", seed=103, size=(200, 160)))
     right = np.asarray(class_image("bright", seed=104, size=(200, 160)))
     data = jpeg_bytes(Image.fromarray(np.concatenate([left, right], axis=1)))  # 400x160
     at = upload(page(), "half.jpg", data)
+    full = chart_probabilities(at)
     at.toggle(key="identify_use_crop").set_value(True).run()
+    assert not at.exception and not at.error
+    # Crop mode on, nothing drawn yet: the full photo's answer, to the last digit.
+    assert chart_probabilities(at) == full
+    assert any("Drag a box" in c.value for c in at.caption)
     digest = hashlib.sha1(data).hexdigest()[:12]
-    box = {label: at.number_input(key=f"identify_crop_{label}_{digest}") for label in ("x", "y", "width", "height")}
-    assert [box[k].value for k in box] == [100, 40, 200, 80]  # the central half by default
-    for label, value in {"x": 220, "y": 10, "width": 160, "height": 140}.items():
-        box[label].set_value(value)
+    at.session_state[f"identify_crop_chart_{digest}"] = crop_state(digest, (220, 390), (10, 150))
     at.run()
     assert not at.exception and not at.error
     assert texts(at.success)[0].startswith("bobcat (")
-    box["x"].set_value(20).run()
-    assert texts(at.success)[0].startswith("gray fox (")
     assert "half.jpg · 400x160 · crop" in image_captions(at)
-    # A box off the photo is one clear line.
-    box["x"].set_value(5000).run()
-    assert not at.exception
-    [error] = texts(at.error)
-    assert "outside the 400x160 image" in error
+    at.session_state[f"identify_crop_chart_{digest}"] = crop_state(digest, (10, 180), (10, 150))
+    at.run()
+    assert texts(at.success)[0].startswith("gray fox (")
 
 
 def test_nir_enhancement_toggle(models_root):
@@ -207,4 +220,46 @@ def test_no_photo_yet_and_a_model_without_weights(models_root):
     assert any("Upload a photo" in i.value for i in at.info)
     at = page("empty-slot")
     assert not at.exception
-    assert not at.file_uploader
+    # No dead end: the uploader stays, one line says why, and two links lead on.
+    assert at.file_uploader(key="identify_upload") is not None
+    [why] = [i.value for i in at.info if "no weights yet" in i.value]
+    assert "train it on your labelled photos, or import a checkpoint" in why
+    links = " ".join(m.value for m in at.markdown)
+    assert "[Train empty-slot](/train?slot=empty-slot)" in links
+    assert "[Import a checkpoint](/models?slot=empty-slot)" in links
+
+
+def test_compare_says_why_it_has_nothing_to_offer(models_root, monkeypatch):
+    from wildid import registry
+
+    monkeypatch.setattr(registry, "model_roots", lambda: [models_root])
+    for other in ("tiny-vit", "tiny-nir"):
+        import shutil
+
+        shutil.rmtree(models_root / other)
+    at = upload(page(), "track.jpg", bright_jpeg())
+    assert not at.exception
+    assert not at.multiselect
+    assert any("Compare needs a second model with weights: only this one has weights "
+               "(slots still without weights: empty-slot)." in c.value for c in at.caption)
+
+
+def test_out_of_scope_photo_gets_no_answer_and_a_better_model_is_offered(models_root):
+    """A real cat photo on a (scoped) track model: the out-of-scope state first, no species answer,
+    and the general model, which knows such photos, one click away."""
+    import skimage
+
+    from tests.test_scope import make_scoped_model
+
+    make_scoped_model(models_root)
+    at = upload(page("tiny-scoped"), "cat.jpg", jpeg_bytes(Image.fromarray(skimage.data.chelsea()), quality=92))
+    assert not at.exception and not at.error
+    [warning] = texts(at.warning)
+    assert warning.startswith("Not something this model was trained on: “Tiny scoped test model”")
+    assert not at.success and "About this animal" not in texts(at.subheader)
+    [offer] = [i for i in texts(at.info) if "was trained on images like this one" in i]
+    assert offer.startswith("“General animals (ImageNet, EfficientNet-Lite0)”")
+    at.button(key="identify_switch_model").click().run()
+    assert not at.exception
+    assert at.session_state["model_name"] == "general-animals"
+    assert texts(at.success)[0].split(" (")[0] in {"tabby", "tiger cat", "Egyptian cat", "Persian cat"}

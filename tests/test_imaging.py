@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -107,3 +108,46 @@ def test_nir_mode_and_clahe():
     assert (grey[..., 0] == grey[..., 1]).all() and (grey[..., 1] == grey[..., 2]).all()
     dim = Image.fromarray((np.asarray(img) // 8).astype(np.uint8))
     assert np.asarray(enhance_nir(dim)).std() > np.asarray(dim).std()
+
+
+def test_drawn_box_becomes_fractions_and_cuts_the_same_region_at_any_scale():
+    from wildid.imaging import box_from_selection, crop_fraction
+
+    selection = {"box": [{"x": [300, 100], "y": [20, 180]}], "points": []}
+    box = box_from_selection(selection, 400, 200)
+    assert box == (0.25, 0.1, 0.75, 0.9)
+    assert box_from_selection({"box": [], "points": []}, 400, 200) is None  # nothing drawn: the full photo
+    assert box_from_selection({"points": [{"x": 40, "y": 20}, {"x": 200, "y": 100}]}, 400, 200) == (0.1, 0.1, 0.5, 0.5)
+    gradient = np.tile(np.arange(400, dtype=np.uint8)[None, :, None] // 2, (200, 1, 3))
+    big = Image.fromarray(gradient)
+    small = big.resize((200, 100))
+    assert crop_fraction(big, box).size == (200, 160) and crop_fraction(small, box).size == (100, 80)
+    assert abs(np.asarray(crop_fraction(big, box)).mean() - np.asarray(crop_fraction(small, box)).mean()) < 1.0
+    with pytest.raises(ImageError, match="too small"):
+        box_from_selection({"box": [{"x": [10, 11], "y": [10, 100]}]}, 400, 200)
+
+
+def test_photo_upload_cap_names_the_limit_and_checkpoints_may_be_2_gb():
+    import tomllib
+
+    from wildid.imaging import MAX_UPLOAD_IMAGE_MB, check_upload
+
+    check_upload("ok.jpg", MAX_UPLOAD_IMAGE_MB * 1024 * 1024)
+    with pytest.raises(ImageError, match=f"over the {MAX_UPLOAD_IMAGE_MB} MB limit for photos"):
+        check_upload("huge.jpg", MAX_UPLOAD_IMAGE_MB * 1024 * 1024 + 1)
+    config = tomllib.loads((Path(__file__).resolve().parent.parent / ".streamlit" / "config.toml").read_text())
+    assert config["server"]["maxUploadSize"] == 2048
+
+
+def test_upright_size_follows_exif_orientation():
+    import io
+
+    from wildid.imaging import upright_size
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90: stored 300x200, shown 200x300
+    buffer = io.BytesIO()
+    Image.new("RGB", (300, 200)).save(buffer, "JPEG", exif=exif)
+    buffer.name = "rotated.jpg"
+    assert upright_size(buffer) == (200, 300)
+    assert load_image(buffer).size == (200, 300)

@@ -50,3 +50,19 @@ def test_import_helper_used_by_the_page(models_root, tmp_path):
         import_checkpoint(path, name="x", arch="test_resnet", classes=["a", "b"], root=models_root)
     card = import_checkpoint(path, name="x", arch="test_resnet", classes=["a", "b", "c"], root=models_root)
     assert card.num_classes == 3 and (models_root / "x" / "card.toml").exists()
+
+
+def test_links_from_a_slot_preselect_it_on_train_and_models(models_root):
+    """Identify's links for a slot without weights (?slot=NAME) arrive with the slot filled in."""
+    train = AppTest.from_file(str(PROJECT_ROOT / "app_pages" / "train.py"), default_timeout=60)
+    train.query_params["slot"] = "empty-slot"
+    train.run()
+    assert not train.exception
+    assert train.text_input[1].label == "New model name" and train.text_input[1].value == "empty-slot"
+    assert any("model slot “empty-slot”" in i.value for i in train.info)
+    models = AppTest.from_file(str(PROJECT_ROOT / "app_pages" / "models.py"), default_timeout=60)
+    models.query_params["slot"] = "empty-slot"
+    models.run()
+    assert not models.exception
+    [name] = [t for t in models.text_input if t.label == "Model name"]
+    assert name.value == "empty-slot"

@@ -91,3 +91,36 @@ def test_no_gallery_offers_to_create_one(models_root, _handcrafted_master, tmp_p
     assert not at.exception
     assert reid.list_galleries() == ["wolves"]
     assert at.selectbox(key="reid_gallery").value == "wolves"
+
+
+def test_two_galleries_in_a_row_and_the_generic_model(models_root, tmp_path, monkeypatch):
+    """No trained re-ID model: the packaged generic embedding is offered; a second gallery no longer
+    crashes (its select box was set after it existed)."""
+    monkeypatch.setenv("WILDID_GALLERIES", str(tmp_path / "galleries"))
+    at = AppTest.from_file(PAGE, default_timeout=120).run()
+    assert not at.exception
+    assert at.selectbox(key="reid_new_gallery_model").value == "reid-generic"
+    assert any("generic starting point" in c.value for c in at.caption)
+    for name in ("north", "south"):
+        at.text_input(key="reid_new_gallery_name").set_value(name)
+        at.button[0].click()
+        at.run()
+        assert not at.exception, at.exception
+        assert at.selectbox(key="reid_gallery").value == name
+    assert reid.list_galleries() == ["north", "south"]
+    assert reid.Gallery.open("south").model == "reid-generic"
+    assert any("generic starting point" in c.value for c in at.caption)
+
+
+def test_registering_refreshes_counts_and_the_next_name(lynx_gallery):
+    at = run_with_upload(jpeg_bytes(coat_view(951, 1), quality=92), "newcomer.jpg")
+    assert at.text_input(key="reid_new_name").value == "individual-005"
+    at.button[-1].click()  # register under the suggested name
+    at.run()
+    assert not at.exception and not at.error
+    assert any("Registered individual-005" in s.value for s in at.success)
+    # The page shows the gallery as it is now: 5 individuals, 13 images, the photo now matches itself,
+    # and the suggested name moved on.
+    assert at.metric[0].value == "5" and at.metric[1].value == "13"
+    assert any(s.value.startswith("individual-005 (similarity") for s in at.success)
+    assert at.text_input(key="reid_new_name").value == "individual-006"

@@ -56,7 +56,9 @@ COLUMNS = (
 # Results written before the region columns existed: readable everywhere, not resumable.
 LEGACY_COLUMNS = COLUMNS[: -len(REGION_COLUMNS)]
 # empty: a detector found no animal in the frame (the reason is in ``error``).
-STATUSES = ("accepted", "review", "error", "empty")
+# out_of_scope: the model's scope check says it was not trained on images like this one
+# (wildid.scope); such rows get no confident label and go to review with the low-confidence ones.
+STATUSES = ("accepted", "review", "out_of_scope", "error", "empty")
 SORT_MODES = ("copy", "symlink")
 # Test hook: seconds to sleep after each written batch, so a test can kill the process mid-run.
 DELAY_ENV = "WILDID_BATCH_DELAY"
@@ -454,8 +456,7 @@ def _rows_for(entries: list[tuple[Decoded, FolderPlan]], predictor, root: Path, 
             tensors.append(tensor)
     per_file: dict[Path, list] = {}
     if tensors:
-        probs = predictor.predict_proba(torch.stack(tensors))
-        for path, prediction in zip(owners, predictor.postprocess(probs, top_k)):
+        for path, prediction in zip(owners, predictor.predict_batch(torch.stack(tensors), top_k)):
             per_file.setdefault(path, []).append(prediction)
     predictions = {path: found[0] for path, found in per_file.items()}
     card = predictor.card
@@ -480,7 +481,7 @@ def _rows_for(entries: list[tuple[Decoded, FolderPlan]], predictor, root: Path, 
                 label=prediction.label,
                 confidence=round(prediction.confidence, 6),
                 top_k=json.dumps([[label, round(p, 6)] for label, p in prediction.top_k]),
-                status="accepted" if prediction.confidence >= threshold else "review",
+                status=row_status(prediction, threshold),
                 empty_score=background.empty_score(decoded.thumb, plan.background),
                 width=size[0], height=size[1],
                 **decoded.quality,
@@ -491,6 +492,12 @@ def _rows_for(entries: list[tuple[Decoded, FolderPlan]], predictor, root: Path, 
                        width=size[0], height=size[1], **decoded.quality)
         rows.append(row)
     return rows
+
+
+def row_status(prediction, threshold: float) -> str:
+    if prediction.out_of_scope:
+        return "out_of_scope"
+    return "accepted" if prediction.confidence >= threshold else "review"
 
 
 def _cell(value: Any) -> Any:
@@ -625,9 +632,10 @@ def sort_into(csv_path: Path | str, dest: Path | str, mode: str = "copy",
               empty_threshold: float | None = None) -> Counter:
     """Copy (never move) or symlink each classified file into ``dest/<label>/<relpath>``.
 
-    Review-status frames go to ``dest/_review/<label>/``, ``empty`` frames (no animal box) and
-    likely-empty frames (when ``empty_threshold`` is given) to ``dest/_empty/``; error rows are
-    skipped.  The relative path is kept so equal names from different camera folders do not collide.  Existing
+    Review-status frames go to ``dest/_review/<label>/``, out-of-scope frames to ``dest/_out_of_scope/``,
+    ``empty`` frames (no animal box) and likely-empty frames (when ``empty_threshold`` is given) to
+    ``dest/_empty/``; error rows are skipped.  The relative path is kept so equal names from different
+    camera folders do not collide.  Existing
     targets are left alone, so sorting again after a resume only adds the new files.
     Returns counts per target folder.
     """
@@ -640,6 +648,8 @@ def sort_into(csv_path: Path | str, dest: Path | str, mode: str = "copy",
             continue
         if row["status"] == "empty" or likely_empty(row, empty_threshold):
             bucket = "_empty"
+        elif row["status"] == "out_of_scope":
+            bucket = "_out_of_scope"
         elif row["status"] == "review":
             bucket = f"_review/{safe_name(row['label'])}"
         else:

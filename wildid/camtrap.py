@@ -348,7 +348,13 @@ def _observations(row: dict[str, str], media: dict[str, Any], review: dict[str, 
              **({"bboxX": box[0], "bboxY": box[1], "bboxWidth": box[2], "bboxHeight": box[3]} if box else {}),
              "classificationProbability": row["confidence"] if accepted else "",
              "observationTags": f"wildidLabel:{_tag(row['label'])}",
-             "observationComments": "" if accepted else f"below the accept threshold: {row['label']} ({row['confidence']})"}]
+             "observationComments": "" if accepted else _unaccepted_comment(row)}]
+
+
+def _unaccepted_comment(row: dict) -> str:
+    if row["status"] == "out_of_scope":  # wildid.scope: the model was not trained on images like this
+        return f"out of scope for the model; its guess: {row['label']} ({row['confidence']})"
+    return f"below the accept threshold: {row['label']} ({row['confidence']})"
 
 
 def _type_of(label: str) -> str:

@@ -27,6 +27,8 @@ KINDS = ("classifier", "embedding")
 CHANNEL_MODES = ("rgb", "nir")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos")
 
+PACKAGE_WEIGHTS = "package"
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -54,6 +56,9 @@ class ModelCard:
     species: dict[str, str] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    # Out-of-scope detection (wildid.scope): score kind, threshold calibrated on held-out data,
+    # the statistics file beside the weights for feature scores, and how it was measured.
+    scope: dict[str, Any] = field(default_factory=dict)
     # Where the card was read from; not written to the file.
     folder: Path | None = field(default=None, compare=False)
 
@@ -82,6 +87,13 @@ class ModelCard:
             problems.append(f"crop_pct must be in (0, 1], got {self.crop_pct}")
         if not 0 <= self.threshold <= 1:
             problems.append(f"threshold must be in [0, 1], got {self.threshold}")
+        if self.scope:
+            from wildid.scope import SCORES
+
+            if self.scope.get("score") not in SCORES:
+                problems.append(f"scope score {self.scope.get('score')!r} is not one of {', '.join(SCORES)}")
+            if not isinstance(self.scope.get("threshold"), (int, float)) or isinstance(self.scope.get("threshold"), bool):
+                problems.append("scope needs a numeric threshold")
         if problems:
             raise CardError(f"model card {self.name!r}: {'; '.join(problems)}")
 
@@ -92,14 +104,41 @@ class ModelCard:
 
     @property
     def weights_path(self) -> Path | None:
+        if self.packaged_weights:
+            from wildid.backbones import lite0_package_file
+
+            try:
+                return lite0_package_file()
+            except Exception:  # noqa: BLE001 - package missing: no weights
+                return None
         if not self.weights or self.folder is None:
             return None
         return self.folder / self.weights
 
     @property
+    def packaged_weights(self) -> bool:
+        """``weights = "package"``: the installed EfficientNet-Lite0 ImageNet backbone (no file to ship)."""
+        return self.weights == PACKAGE_WEIGHTS
+
+    @property
     def has_weights(self) -> bool:
         path = self.weights_path
         return path is not None and path.is_file()
+
+    @property
+    def scope_kind(self) -> str | None:
+        """The in-scope score this model was calibrated with, or None (no out-of-scope check)."""
+        return self.scope.get("score") if self.scope else None
+
+    @property
+    def scope_threshold(self) -> float | None:
+        return float(self.scope["threshold"]) if self.scope else None
+
+    @property
+    def scope_path(self) -> Path | None:
+        """Training-feature statistics beside the weights (feature scores only)."""
+        name = self.scope.get("file") if self.scope else None
+        return self.folder / name if name and self.folder is not None else None
 
     @property
     def display_title(self) -> str:

@@ -61,7 +61,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     predictor = predictor_from_args(args)
 
     def describe(row: dict) -> str:
-        flag = "  (uncertain)" if row["uncertain"] else ""
+        flag = {"out_of_scope": "  (out of scope: not something this model was trained on)",
+                "uncertain": "  (uncertain)"}.get(row["state"], "")
         candidates = ", ".join(f"{c['label']} {c['score']:.3f}" for c in row["top_k"][1:])
         return f"{row['label']} {row['confidence']:.3f}{flag}" + (f"  | {candidates}" if candidates else "")
 
@@ -514,6 +515,24 @@ def cmd_evaluate_reid(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate_scope(args: argparse.Namespace) -> int:
+    from wildid import scope
+    from wildid.imaging import is_image_file
+    from wildid.registry import load_predictor
+
+    predictor = load_predictor(args.model)
+    outside = []
+    if args.out_of_scope:
+        folder = Path(args.out_of_scope).expanduser()
+        if not folder.is_dir():
+            raise WildidError(f"{folder} is not a folder of out-of-scope images")
+        outside = sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p))
+    card = scope.calibrate_from_data(predictor, args.data, kind=args.score, out_of_scope=outside)
+    print(f"{card.name}: scope score {card.scope_kind}, threshold {card.scope_threshold:.4g} "
+          f"({card.scope['calibration']}) written to {card.folder}")
+    return 0
+
+
 # --- parser ------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wildid", description="Identify animals from images.")
@@ -525,6 +544,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("calibrate-scope", help="give a model an out-of-scope check from its labelled data")
+    p.add_argument("model", help="model name or folder")
+    p.add_argument("data", help="labelled images of the model's classes (ImageFolder or CSV, as for train)")
+    p.add_argument("--score", default="knn", help="knn (default), mahalanobis, energy, max_logit or msp")
+    p.add_argument("--out-of-scope", help="folder of images the model should reject (moves the threshold into the gap)")
+    p.set_defaults(func=cmd_calibrate_scope)
 
     p = sub.add_parser("models", help="list installed models")
     p.add_argument("--json", action="store_true")

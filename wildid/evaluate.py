@@ -141,7 +141,7 @@ def run_predictor(
             except ImageError as exc:
                 run.errors.append({"path": str(item.path), "error": str(exc)})
         if tensors:
-            for item, pred in zip(kept, predictor.postprocess(predictor.predict_proba(torch.stack(tensors)), top_k=1)):
+            for item, pred in zip(kept, predictor.predict_batch(torch.stack(tensors), top_k=1)):
                 run.paths.append(str(item.path))
                 run.y_true.append(item.label)
                 run.y_pred.append(pred.label)

@@ -18,11 +18,17 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from wildid.errors import ImageError
 
 ImageSource = Union[str, os.PathLike, bytes, BinaryIO, Image.Image]
+# A crop as fractions of the upright photo: (left, top, right, bottom), each in [0, 1].  Fractions,
+# not pixels, so the same box means the same region whatever scale the photo was decoded at.
+Box = tuple[float, float, float, float]
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif"})
 # A 20000x20000 image is 400 MP; refuse before decoding rather than run out of memory.
 MAX_PIXELS = int(os.environ.get("WILDID_MAX_PIXELS", 150_000_000))
 MAX_FILE_BYTES = int(os.environ.get("WILDID_MAX_FILE_BYTES", 300 * 1024 * 1024))
+# Photos uploaded in the app: checkpoints and zips may be up to 2 GB (server.maxUploadSize), a photo
+# stays at this size (the uploaders pass it as max_upload_size; check_upload enforces it in code).
+MAX_UPLOAD_IMAGE_MB = int(os.environ.get("WILDID_MAX_UPLOAD_IMAGE_MB", 50))
 
 # Quality flags (the lemming study filtered frames on brightness and sharpness).
 DARK_MEAN = 25.0
@@ -91,6 +97,13 @@ def _open(source: ImageSource) -> Image.Image:
         raise ImageError(f"{label}: cannot read ({exc.strerror or exc})") from None
 
 
+def check_upload(name: str, size: int, limit_mb: int = MAX_UPLOAD_IMAGE_MB) -> None:
+    """ImageError naming the limit when an uploaded photo is bigger than ``limit_mb``."""
+    if size > limit_mb * 1024 * 1024:
+        raise ImageError(f"{Path(name).name}: {size / 1024 / 1024:.0f} MB, over the {limit_mb} MB limit for photos; "
+                         f"send a smaller copy")
+
+
 def load_image(source: ImageSource, draft_size: int | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Decode ``source`` to an upright 8-bit RGB image.
 
@@ -132,6 +145,23 @@ def load_image(source: ImageSource, draft_size: int | None = None, max_pixels: i
         return to_rgb(img)
     except MemoryError:
         raise ImageError(f"{label}: not enough memory to decode this image") from None
+
+
+def upright_size(source: ImageSource) -> tuple[int, int]:
+    """(width, height) of the photo as shown upright, from its header (no pixel decode)."""
+    if isinstance(source, Image.Image):
+        return source.size
+    if hasattr(source, "seek"):
+        source.seek(0)
+    img = _open(source)
+    width, height = img.size
+    try:
+        orientation = img.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001 - garbage EXIF: take the stored size
+        orientation = 1
+    if hasattr(source, "seek"):
+        source.seek(0)
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -186,6 +216,45 @@ def crop(img: Image.Image, box: tuple[float, float, float, float]) -> Image.Imag
     if right - left < 2 or bottom - top < 2:
         raise ImageError(f"crop box {tuple(box)} lies outside the {img.width}x{img.height} image or is too small")
     return img.crop((round(left), round(top), round(right), round(bottom)))
+
+
+def check_box(box: Box) -> Box:
+    """``box`` clipped to [0, 1] and ordered; ImageError if it is (almost) empty."""
+    left, top, right, bottom = (min(1.0, max(0.0, float(v))) for v in box)
+    left, right = sorted((left, right))
+    top, bottom = sorted((top, bottom))
+    if right - left < 0.01 or bottom - top < 0.01:
+        raise ImageError(f"crop box {tuple(round(v, 3) for v in box)} is too small: draw a larger box")
+    return left, top, right, bottom
+
+
+def box_from_selection(selection: dict | None, width: int, height: int) -> Box | None:
+    """The box drawn on a plotly image of ``width`` x ``height`` (Streamlit's selection state:
+    ``{"box": [{"x": [x0, x1], "y": [y0, y1]}], "points": [...]}``) as fractions, or None.
+
+    The last drawn box wins; without box coordinates the extent of the selected points is used.
+    """
+    if not selection:
+        return None
+    boxes = [b for b in selection.get("box") or [] if len(b.get("x") or []) >= 2 and len(b.get("y") or []) >= 2]
+    if boxes:
+        xs, ys = boxes[-1]["x"], boxes[-1]["y"]
+    else:
+        points = selection.get("points") or []
+        if len(points) < 2:
+            return None
+        xs, ys = [p["x"] for p in points], [p["y"] for p in points]
+    return check_box((min(xs) / width, min(ys) / height, max(xs) / width, max(ys) / height))
+
+
+def crop_fraction(img: Image.Image, box: Box) -> Image.Image:
+    """Cut ``box`` (fractions of the image, see :data:`Box`) out of ``img``."""
+    left, top, right, bottom = check_box(box)
+    width, height = img.size
+    pixels = (round(left * width), round(top * height), round(right * width), round(bottom * height))
+    if pixels[2] - pixels[0] < 2 or pixels[3] - pixels[1] < 2:
+        raise ImageError(f"crop box covers less than 2x2 pixels of the {width}x{height} image")
+    return img.crop(pixels)
 
 
 def quality_metrics(img: Image.Image) -> dict[str, float | bool]:

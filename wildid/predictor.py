@@ -25,8 +25,9 @@ import torch
 from PIL import Image
 from torch import nn
 
+from wildid import scope
 from wildid.cards import ModelCard
-from wildid.imaging import ImageSource, load_image, to_channel_mode
+from wildid.imaging import Box, ImageSource, crop_fraction, load_image, to_channel_mode
 
 BACKENDS = ("torch", "onnx")
 
@@ -38,17 +39,33 @@ class Prediction:
     top_k: tuple[tuple[str, float], ...]
     model: str
     card: ModelCard = field(repr=False, compare=False)
+    # "Is this an image the model knows?" (wildid.scope; higher = more like its training images),
+    # None when the card has no scope calibration.
+    scope_score: float | None = None
+
+    @property
+    def out_of_scope(self) -> bool:
+        """Below the card's scope threshold: not something this model was trained on."""
+        threshold = self.card.scope_threshold
+        return self.scope_score is not None and threshold is not None and self.scope_score < threshold
 
     @property
     def uncertain(self) -> bool:
-        """Below the card's threshold: show candidates, never a confident answer."""
-        return self.confidence < self.card.threshold
+        """Below the card's threshold (or out of scope): show candidates, never a confident answer."""
+        return self.out_of_scope or self.confidence < self.card.threshold
+
+    @property
+    def state(self) -> str:
+        """``out_of_scope`` | ``uncertain`` | ``confident``, in that order of precedence."""
+        return "out_of_scope" if self.out_of_scope else ("uncertain" if self.uncertain else "confident")
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "label": self.label,
             "confidence": round(self.confidence, 6),
             "uncertain": self.uncertain,
+            "state": self.state,
+            "scope_score": None if self.scope_score is None else round(self.scope_score, 6),
             "top_k": [{"label": label, "score": round(score, 6)} for label, score in self.top_k],
             "model": self.model,
             "model_version": self.card.version,
@@ -105,6 +122,24 @@ def trim_extreme_aspect(img: Image.Image, max_ratio: float = 4.0) -> Image.Image
     return img.crop((0, top, width, top + keep))
 
 
+def pooled_features_and_logits(model: nn.Module, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(logits, pooled features) in one pass; features are None for networks of unknown shape.
+
+    timm models: ``forward_head(pre_logits=True)`` is what the classifier sees; torchvision
+    ResNets: the flattened average pool before ``fc``.  Both equal ``model(batch)`` for the logits.
+    """
+    if hasattr(model, "forward_features") and hasattr(model, "forward_head") and hasattr(model, "get_classifier"):
+        features = model.forward_head(model.forward_features(batch), pre_logits=True)
+        return model.get_classifier()(features), features
+    fc = getattr(model, "fc", None)
+    if isinstance(fc, nn.Linear) and hasattr(model, "avgpool") and hasattr(model, "layer4"):
+        trunk = nn.Sequential(*[m for name, m in model.named_children() if name != "fc"])
+        features = torch.flatten(trunk(batch), 1)
+        return fc(features), features
+    out = model(batch)
+    return (out[0] if isinstance(out, (tuple, list)) else out), None
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     logits = logits.astype(np.float64)
     logits -= logits.max(axis=1, keepdims=True)
@@ -120,10 +155,21 @@ class BasePredictor:
         self.batch_size = batch_size
         self.transform = build_transform(card)
         self.draft_size = draft_size_for(card)
+        self.scope_stats = scope.load_stats(card)
 
     # --- preprocess ------------------------------------------------------------------
-    def load(self, source: ImageSource) -> Image.Image:
-        return load_image(source, draft_size=self.draft_size)
+    def load(self, source: ImageSource, box: Box | None = None) -> Image.Image:
+        """The one decode path for the app, the CLI and batch: the model's JPEG draft size,
+        EXIF orientation, and an optional ``box`` (fractions of the upright photo).
+
+        A box is cut from a decode large enough that the cut still covers the model's size.
+        """
+        if box is None:
+            return load_image(source, draft_size=self.draft_size)
+        left, top, right, bottom = box
+        side = min(right - left, bottom - top)
+        draft = int(np.ceil(self.draft_size / max(side, 1e-3)))
+        return crop_fraction(load_image(source, draft_size=draft), box)
 
     def preprocess(self, image: ImageSource) -> torch.Tensor:
         img = image if isinstance(image, Image.Image) else self.load(image)
@@ -134,18 +180,38 @@ class BasePredictor:
     def logits(self, batch: torch.Tensor) -> np.ndarray:
         raise NotImplementedError
 
+    def forward(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+        """(logits, pooled features); features only when the card's scope score needs them."""
+        return self.logits(batch), None
+
     def predict_proba(self, batch: torch.Tensor) -> np.ndarray:
-        return softmax(self.logits(batch))
+        return self.probabilities(self.logits(batch))
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        return softmax(logits)
 
     # --- postprocess ---------------------------------------------------------------------
-    def postprocess(self, probs: np.ndarray, top_k: int = 5) -> list[Prediction]:
+    def scope_scores(self, logits: np.ndarray, features: np.ndarray | None = None) -> np.ndarray | None:
+        """The card's in-scope score per row, or None when the card has no scope calibration."""
+        kind = self.card.scope_kind
+        if kind is None:
+            return None
+        return scope.scores(kind, logits, features, self.scope_stats)
+
+    def postprocess(self, probs: np.ndarray, top_k: int = 5, scope_scores: np.ndarray | None = None) -> list[Prediction]:
         k = max(1, min(top_k, probs.shape[1]))
         order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
         out = []
-        for row, idx in zip(probs, order):
+        for n, (row, idx) in enumerate(zip(probs, order)):
             ranked = tuple((self.card.classes[i], float(row[i])) for i in idx)
-            out.append(Prediction(ranked[0][0], ranked[0][1], ranked, self.card.name, self.card))
+            score = None if scope_scores is None else float(scope_scores[n])
+            out.append(Prediction(ranked[0][0], ranked[0][1], ranked, self.card.name, self.card, score))
         return out
+
+    def predict_batch(self, batch: torch.Tensor, top_k: int = 5) -> list[Prediction]:
+        """Predictions for preprocessed tensors: one forward, probabilities and scope scores."""
+        logits, features = self.forward(batch)
+        return self.postprocess(self.probabilities(logits), top_k, self.scope_scores(logits, features))
 
     def predict(self, images: Sequence[ImageSource] | ImageSource, top_k: int = 5) -> list[Prediction]:
         if isinstance(images, (str, os.PathLike, bytes, Image.Image)):
@@ -153,7 +219,7 @@ class BasePredictor:
         results: list[Prediction] = []
         for chunk in _chunks(list(images), self.batch_size):
             batch = torch.stack([self.preprocess(image) for image in chunk])
-            results.extend(self.postprocess(self.predict_proba(batch), top_k))
+            results.extend(self.predict_batch(batch, top_k))
         return results
 
 
@@ -172,6 +238,13 @@ class TorchPredictor(BasePredictor):
             out = out[0]
         return out.float().cpu().numpy()
 
+    def forward(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+        if self.card.scope_kind not in scope.FEATURE_SCORES:
+            return self.logits(batch), None
+        with torch.inference_mode():
+            logits, features = pooled_features_and_logits(self.model, batch.to(self.device, dtype=torch.float32))
+        return logits.float().cpu().numpy(), None if features is None else features.float().cpu().numpy()
+
 
 class OnnxPredictor(BasePredictor):
     backend = "onnx"
@@ -187,10 +260,19 @@ class OnnxPredictor(BasePredictor):
         self.onnx_path = Path(onnx_path)
         self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def _run(self, batch: torch.Tensor) -> list[np.ndarray]:
+        array = batch.numpy() if isinstance(batch, torch.Tensor) else np.asarray(batch)
+        return self.session.run(None, {self.input_name: array.astype(np.float32, copy=False)})
 
     def logits(self, batch: torch.Tensor) -> np.ndarray:
-        array = batch.numpy() if isinstance(batch, torch.Tensor) else np.asarray(batch)
-        return self.session.run(None, {self.input_name: array.astype(np.float32, copy=False)})[0]
+        return self._run(batch)[0]
+
+    def forward(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+        outputs = self._run(batch)
+        features = outputs[1] if len(outputs) > 1 and self.card.scope_kind in scope.FEATURE_SCORES else None
+        return outputs[0], features
 
 
 def export_onnx(model: nn.Module, card: ModelCard, path: Path | str, opset: int = 17) -> Path:
@@ -203,6 +285,11 @@ def export_onnx(model: nn.Module, card: ModelCard, path: Path | str, opset: int 
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.cpu().eval()
     example = torch.zeros((1, *card.input_size), dtype=torch.float32)
+    outputs = ["logits"]
+    if card.kind == "classifier" and card.scope_kind in scope.FEATURE_SCORES:
+        with torch.inference_mode():
+            if pooled_features_and_logits(model, example)[1] is not None:
+                model, outputs = _LogitsAndFeatures(model), ["logits", "features"]
     tmp = path.with_suffix(".onnx.tmp")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -212,12 +299,23 @@ def export_onnx(model: nn.Module, card: ModelCard, path: Path | str, opset: int 
             str(tmp),
             dynamo=False,
             input_names=["input"],
-            output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            output_names=outputs,
+            dynamic_axes={"input": {0: "batch"}, **{name: {0: "batch"} for name in outputs}},
             opset_version=opset,
         )
     tmp.replace(path)
     return path
+
+
+class _LogitsAndFeatures(nn.Module):
+    """Exports logits and pooled features as two ONNX outputs (feature scope scores need both)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: torch.Tensor):
+        return pooled_features_and_logits(self.model, batch)
 
 
 def _chunks(items: list, size: int) -> Iterable[list]:

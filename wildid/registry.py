@@ -138,6 +138,12 @@ def build_network(card: ModelCard, trust: bool = False) -> nn.Module:
     """The card's network with its weights loaded; raises CheckpointError / ModelNotAvailable."""
     if not card.has_weights:
         raise ModelNotAvailable(missing_weights_message(card))
+    if card.packaged_weights:  # the installed ImageNet backbone, e.g. the generic re-ID embedding
+        from wildid.backbones import lite0_package_state_dict, load_backbone_weights
+
+        model = build_model(card.arch, card.num_classes if card.kind == "classifier" else 0)
+        load_backbone_weights(model, lite0_package_state_dict(), card.arch)
+        return model.eval()
     checkpoint = read_checkpoint(card.weights_path, trust=trust)
     num_outputs = card.num_classes if card.kind == "classifier" else 0
     if isinstance(checkpoint, nn.Module):
@@ -209,7 +215,7 @@ _CACHE_SIZE = 6
 def _fingerprint(card: ModelCard) -> tuple:
     """Changes when the card or weights change on disk, so a retrained model is reloaded."""
     stamps = []
-    for path in (card.folder / CARD_FILE if card.folder else None, card.weights_path):
+    for path in (card.folder / CARD_FILE if card.folder else None, card.weights_path, card.scope_path):
         if path is not None and path.exists():
             stat = path.stat()
             stamps.append((str(path), stat.st_mtime_ns, stat.st_size))
@@ -239,7 +245,12 @@ def ensure_onnx(card: ModelCard, trust: bool = False, force: bool = False) -> Pa
     if not card.has_weights:
         raise ModelNotAvailable(missing_weights_message(card))
     target = onnx_path_for(card)
-    if not force and target.is_file() and target.stat().st_mtime >= card.weights_path.stat().st_mtime:
+    # The card counts too: a scope score on features adds a second output to the export.
+    sources = [card.weights_path] + [p for p in (card.scope_path,) if p is not None and p.is_file()]
+    if card.kind == "classifier" and card.scope_kind and card.folder is not None:
+        sources.append(card.folder / CARD_FILE)
+    newest = max(p.stat().st_mtime for p in sources)
+    if not force and target.is_file() and target.stat().st_mtime >= newest:
         return target
     return export_onnx(build_network(card, trust=trust), card, target)
 

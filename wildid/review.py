@@ -370,14 +370,14 @@ def build_queue(results: pd.DataFrame, spec: QueueSpec, not_empty: Iterable[str]
         # The rest in file order, so the frames of one burst come one after the other; what batch
         # accepted under one of the project's labels stays out unless a reviewer flagged it.
         flagged = member(rows["path"], set(not_empty))
-        needs = (rows["status"] == "review").to_numpy() | flagged
+        needs = rows["status"].isin(["review", "out_of_scope"]).to_numpy() | flagged
         if spec.labels:
             needs |= ~member(rows["label"], set(spec.labels))
         picked = rows[~blank & needs]
         return picked.sort_values(["relpath", "path"], kind="stable")
     if spec.kind == QUEUE_BELOW_THRESHOLD:
         if spec.threshold is None:
-            picked = rows[rows["status"] == "review"]
+            picked = rows[rows["status"].isin(["review", "out_of_scope"])]
         else:
             picked = rows[rows["confidence"] < spec.threshold]
         return picked.sort_values("confidence", kind="stable")
