@@ -101,6 +101,7 @@ def test_first_day_loop(page, app_url, browser_workdir):
     while heading.count():
         left = int(re.search(r"(\d+) frames", heading.inner_text()).group(1))
         boxes = page.get_by_test_id("stCheckbox").filter(has_text="animal ·")
+        expect(boxes).to_have_count(min(24, left), timeout=60_000)  # the whole page is drawn
         names = [boxes.nth(i).inner_text().split("·", 1)[1].strip() for i in range(boxes.count())]
         for i, rel in enumerate(names):
             if truth[rel] != "empty":
