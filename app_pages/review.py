@@ -211,7 +211,8 @@ labels = replay.labels
 declared = labelset.read(results_path)
 used = list(dict.fromkeys(replay.entries["true_label"])) if len(replay.entries) else []
 project_labels = declared or labelset.suggest(card.classes if card else (), used)
-with st.expander(f"Labels of this project ({len(project_labels)})", expanded=not declared):
+# Open while the project has no labels of its own yet (a model with few classes suggests its classes).
+with st.expander(f"Labels of this project ({len(project_labels)})", expanded=not declared and len(project_labels) < 3):
     if not declared:
         st.info("Type this project's labels once, e.g. vole, stoat, empty: keys 1-9 go to the most used ones and "
                 "the search box below each image finds the rest (and any class of the model).")
