@@ -12,7 +12,6 @@ import dataclasses
 import hashlib
 import io
 from collections import Counter
-from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
@@ -155,10 +154,8 @@ def on_confirm_page(results_path: str, page: tuple[tuple[str, str, float], ...],
 
 
 def train_handoff(results_path: Path, proj) -> dict:
-    """The reviewed frames as a training CSV (in the project), and what the Train page needs."""
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = (proj.path / f"reviewed-set-{stamp}.csv") if proj else results_path.with_name(f"{results_path.stem}-reviewed-set-{stamp}.csv")
-    summary = review.export_training_set(results_path, out, layout="csv", group_by="folder")
+    """What the Train page needs: the reviewed set (a CSV in the project) and a free model name."""
+    summary = project.export_reviewed_set(results_path)
     taken = {card.name for card in ui.available_cards()} | {run.name for run in ui.training_runs().all()}
     base = proj.folder.name if proj else results_path.stem
     return {"data": str(summary.labels_csv), "groups": "group", "name": project.propose_model_name(base, taken),

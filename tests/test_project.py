@@ -146,3 +146,18 @@ def test_proposed_model_names_are_free_and_safe():
     assert project.propose_model_name("tunnel cams", set()) == "tunnel-cams-1"
     assert project.propose_model_name("tunnel cams", {"tunnel-cams-1", "tunnel-cams-2"}) == "tunnel-cams-3"
     assert project.propose_model_name("_x", set()) == "x-1"
+
+
+def test_reviewed_set_goes_to_the_project_grouped_by_camera_folder(tmp_path):
+    proj = project.for_folder(tmp_path / "frames", tmp_path).create()
+    results = make_results(proj.path, name="results-tiny.csv")
+    frame = review.read_results(results)
+    review.append_labels(results, [(frame.loc[i, "path"], label, "", None)
+                                   for i, label in ((0, "vole"), (1, "empty"), (2, "stoat"))], "ana")
+    summary = project.export_reviewed_set(results)
+    assert summary.labels_csv.parent == proj.path and summary.labels_csv.name.startswith("reviewed-set-")
+    table = pd.read_csv(summary.labels_csv)
+    assert list(table["label"]) == ["vole", "empty", "stoat"] and list(table["group"]) == ["cam1", "cam2", "cam1"]
+    lone = make_results(tmp_path / "lone")
+    review.append_label(lone, review.read_results(lone).loc[0, "path"], "vole", "ana")
+    assert project.export_reviewed_set(lone).labels_csv.parent == tmp_path / "lone"

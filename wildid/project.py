@@ -153,6 +153,20 @@ def results_summary(path: Path) -> tuple[str, int]:
     return model, rows
 
 
+def export_reviewed_set(results_path: str | os.PathLike, group_by: str = "folder"):
+    """The reviewed frames of a results table as a training CSV (path,label,group) for Train: in
+    its project (``reviewed-set-<time>.csv``), else beside it.  Grouped by camera folder by
+    default, so validation scores cameras the model has not seen.  Returns the export summary."""
+    from wildid.review import export_training_set
+
+    results_path = Path(results_path)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    owner = of_results(results_path)
+    out = (owner.path / f"reviewed-set-{stamp}.csv" if owner is not None
+           else results_path.with_name(f"{results_path.stem}-reviewed-set-{stamp}.csv"))
+    return export_training_set(results_path, out, layout="csv", group_by=group_by)
+
+
 def propose_model_name(base: str, taken) -> str:
     """A new model name for a project's folder: ``<folder>-1``, ``-2``… whichever is free."""
     stem = slug(base, 50)
