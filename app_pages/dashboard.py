@@ -70,9 +70,16 @@ if handed and st.session_state.get("dashboard_results_for") != handed:
     st.session_state.update(dashboard_source=SOURCES[2], dashboard_results_path=handed, dashboard_results_for=handed)
     try:
         st.session_state[BUNDLE_KEY] = evaluate_results(handed, st.session_state.get("dashboard_threshold", ev.DEFAULT_THRESHOLD))
+        st.session_state.pop("dashboard_handoff_error", None)
     except WildidError as exc:
         st.session_state.pop(BUNDLE_KEY, None)
-        ui.show_error(exc)
+        st.session_state["dashboard_handoff_error"] = (handed, str(exc))
+failed = st.session_state.get("dashboard_handoff_error")
+if failed and not st.session_state.get(BUNDLE_KEY):
+    ui.show_error(failed[1])
+    if st.button("Review these results", type="primary", key="dashboard_to_review"):  # no dead end
+        st.session_state["rv_handoff"] = failed[0]
+        st.switch_page("app_pages/review.py", query_params={"results": failed[0]})
 source = st.radio("Data", SOURCES, horizontal=True, key="dashboard_source")
 threshold = st.session_state.get("dashboard_threshold", ev.DEFAULT_THRESHOLD)
 try:

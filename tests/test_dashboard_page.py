@@ -173,3 +173,6 @@ def test_no_journal_yet_says_review_first(models_root, workdir):
     at.run()
     assert not at.exception
     assert any("no reviewed labels for results-tiny.csv yet" in e.value for e in at.error)
+    assert at.button(key="dashboard_to_review").label == "Review these results"
+    at.run()  # still offered on the next run (e.g. after another widget changed)
+    assert at.button(key="dashboard_to_review").label == "Review these results"
