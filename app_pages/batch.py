@@ -178,19 +178,6 @@ if results and Path(results).exists():
         help="empty_score: 1 = the frame looks like its camera's median background (no animal). The Dashboard "
              "measures what each threshold costs on your labels and can set it for the project.",
     )
-    likely_empty = frame["empty_score"] >= empty_threshold
-    hide_empty = st.checkbox(f"Hide {int(likely_empty.sum())} likely empty frames", value=True)
-    shown = frame[~likely_empty] if hide_empty else frame
-    boxed = bool(frame["box_source"].astype(str).str.len().gt(0).any()) if "box_source" in frame else False
-    st.dataframe(shown[TABLE_COLUMNS + (["box_source", "detection_count", "box"] if boxed else [])],
-                 hide_index=True, width="stretch")
-    classified = frame[frame["status"] != "error"]
-    if len(classified):
-        figure = px.histogram(classified, x="confidence", color="status", range_x=[0, 1],
-                              title="Confidence of the top label", color_discrete_map={"accepted": "#2f6b3a", "review": "#d08c2b",
-                                                                      "out_of_scope": "#8a8f99"})
-        figure.update_traces(xbins={"start": 0.0, "end": 1.0, "size": 0.05})
-        st.plotly_chart(figure, width="stretch")
     # Hand-offs: the next pages open on this very file, no download and upload.
     if owner is not None:
         review_col, evaluate_col = st.columns(2)
@@ -205,6 +192,19 @@ if results and Path(results).exists():
     else:
         st.caption(f"Review and Evaluate open results of a folder under {root} directly; uploaded images live only "
                    f"in this session, so download the results to keep them.")
+    likely_empty = frame["empty_score"] >= empty_threshold
+    hide_empty = st.checkbox(f"Hide {int(likely_empty.sum())} likely empty frames", value=True)
+    shown = frame[~likely_empty] if hide_empty else frame
+    boxed = bool(frame["box_source"].astype(str).str.len().gt(0).any()) if "box_source" in frame else False
+    st.dataframe(shown[TABLE_COLUMNS + (["box_source", "detection_count", "box"] if boxed else [])],
+                 hide_index=True, width="stretch")
+    classified = frame[frame["status"] != "error"]
+    if len(classified):
+        figure = px.histogram(classified, x="confidence", color="status", range_x=[0, 1],
+                              title="Confidence of the top label", color_discrete_map={"accepted": "#2f6b3a", "review": "#d08c2b",
+                                                                      "out_of_scope": "#8a8f99"})
+        figure.update_traces(xbins={"start": 0.0, "end": 1.0, "size": 0.05})
+        st.plotly_chart(figure, width="stretch")
     json_path = Path(results).with_suffix(".json")
     classes = st.session_state.get("batch_classes") if results == st.session_state.get("batch_results") else None
     batch.export_json(results, json_path, classes, empty_threshold)
