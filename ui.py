@@ -93,6 +93,14 @@ def access_gate() -> bool:
     return False
 
 
+@st.cache_resource(show_spinner=False)
+def training_runs():
+    """Every training run of this server, keyed by output name: a reload or another tab re-attaches."""
+    from wildid.jobs import TrainingRuns
+
+    return TrainingRuns()
+
+
 @st.cache_resource(show_spinner="Loading model…", max_entries=4)
 def load_model(name: str, backend: str = "torch"):
     """One shared predictor per model for all sessions (read-only after loading)."""

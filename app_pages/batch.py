@@ -1,6 +1,10 @@
-"""Batch: a folder of camera-trap frames -> results table, progress, exports."""
+"""Batch: a folder of camera-trap frames -> results table, progress, exports.
 
-import hashlib
+A server folder's results go to its project (``wildid-projects/<folder>-<hash>/`` under the
+allowed folder): any session finds them again, resumes an unfinished run, and hands them to
+Review and the Dashboard without a download.
+"""
+
 from collections import deque
 from pathlib import Path
 
@@ -8,7 +12,7 @@ import plotly.express as px
 import streamlit as st
 
 import ui
-from wildid import batch, cluster, defaults, detections, guard
+from wildid import batch, cluster, defaults, detections, guard, project
 from wildid.background import BackgroundRegions
 from wildid.detections import DEFAULT_DETECTION_THRESHOLD
 from wildid.errors import WildidError
@@ -35,11 +39,24 @@ backend = st.radio("Back end", ["onnx", "torch"], horizontal=True,
                    help="ONNX Runtime is usually 2-3x faster on CPU; torch is the reference")
 predictor = ui.get_predictor(card, backend)
 
-source = st.radio("Images from", ["Folder on the server", "Upload images", "Upload a zip"], horizontal=True)
+handed = st.session_state.pop("batch_handoff", None)  # from Train: run the new model on the project's folder
+if handed:
+    st.session_state.update(batch_source="Folder on the server", batch_folder=handed)
+source = st.radio("Images from", ["Folder on the server", "Upload images", "Upload a zip"], horizontal=True,
+                  key="batch_source")
 root = guard.allowed_root()
 folder_text, uploads, archive = "", [], None
+proj = None
 if source == "Folder on the server":
-    folder_text = st.text_input("Folder", placeholder=str(root / "camera1"), help=ui.md(f"must lie inside {root}"))
+    st.session_state.setdefault("batch_folder", st.query_params.get("folder", ""))
+    folder_text = st.text_input("Folder", key="batch_folder",
+                                placeholder=str(root / "camera1"), help=ui.md(f"must lie inside {root}"))
+    if folder_text.strip():
+        try:
+            proj = project.for_folder(guard.check_path(folder_text, root, kind="folder", what="folder"), root)
+            st.query_params["folder"] = folder_text.strip()  # a reload comes back to this folder's results
+        except WildidError as exc:
+            ui.show_error(exc)
 elif source == "Upload images":
     uploads = st.file_uploader("Images", accept_multiple_files=True, max_upload_size=MAX_UPLOAD_IMAGE_MB,
                                type=["jpg", "jpeg", "png", "tif", "tiff", "bmp", "webp"])
@@ -49,8 +66,11 @@ else:
 with st.expander("Options"):
     cols = st.columns(4)
     recursive = cols[0].checkbox("Include sub-folders", value=defaults.RECURSIVE)
-    resume = cols[0].checkbox("Resume the previous run on this folder", value=False,
-                              help="keeps the rows already computed and classifies only the rest")
+    previous = proj.run_for(card.name) if proj is not None and card is not None else None
+    resume = cols[0].checkbox("Resume the previous run on this folder", value=previous is not None,
+                              key=f"batch_resume_{previous is not None}",
+                              help="keeps the rows already computed and classifies only the rest; "
+                                   "unticked, the previous run of this model on this folder starts again")
     threshold = cols[1].slider("Accept at confidence ≥", 0.0, 1.0, defaults.accept_threshold(card), 0.05)
     sequence_gap = cols[2].number_input("Sequence gap (s)", 1.0, 3600.0, defaults.SEQUENCE_GAP, 5.0)
     batch_size = cols[3].number_input("Batch size", 1, 128, defaults.BATCH_SIZE)
@@ -71,13 +91,22 @@ with st.expander("Options"):
                               help="a Dask cluster set up by the operator; its workers must see the folder at the same path")
         dask_address = "" if choice == "this server's cores" else choice
 
+if proj is not None:
+    st.caption(ui.md(f"Results of this folder are kept in its project: {proj.path}"))
+    runs = proj.runs()
+    if runs:
+        st.dataframe([{"model": run.model, "files": run.rows, "written": run.modified.strftime("%Y-%m-%d %H:%M"),
+                       "results file": run.path.name} for run in runs], hide_index=True)
+
 if st.button("Classify", type="primary", disabled=predictor is None):
     try:
         space = ui.session_space()  # private to this session, removed when it ends
         confine = None
+        exclude = []
         if source == "Folder on the server":
             folder = guard.check_path(folder_text, root, kind="folder", what="folder")
-            key = hashlib.sha1(str(folder).encode()).hexdigest()[:10]
+            proj = project.for_folder(folder, root).create()
+            exclude = [project.projects_root(root)]  # when the folder holds the projects folder itself
             confine = root  # file links that lead out of the allowed folder become error rows
         elif source == "Upload images":
             if not uploads:
@@ -102,7 +131,16 @@ if st.button("Classify", type="primary", disabled=predictor is None):
             md_path = space.folder / "megadetector.json"
             md_path.write_bytes(detections_upload.getvalue())
             regions = detections.DetectorRegions(detections.read_detections(md_path, folder), detection_threshold)
-        out = space.folder / f"results-{key}.csv"
+        if source == "Folder on the server":
+            out = proj.results_path(predictor.card.name)
+            # On a shared server (access gate on), a project's results are everyone's: another
+            # session's run is completed (resume), never started again over it.
+            if ui.current_user() is not None and out.exists() and not resume and not space.created_here(out):
+                raise WildidError(f"this folder already has results of {predictor.card.name} from another session "
+                                  f"({out.name}): tick 'Resume the previous run on this folder' to complete them")
+            space.remember(out)
+        else:
+            out = space.folder / f"results-{key}.csv"
         resume = resume and out.exists()
         progress = st.progress(0.0, text="Reading the folder…")
         live = st.empty()
@@ -113,7 +151,7 @@ if st.button("Classify", type="primary", disabled=predictor is None):
             progress.progress(0.0, text="Connecting to the Dask scheduler…")
             steps = cluster.iter_batch_dask(dask_address, folder, predictor, out, **options)
         else:
-            steps = batch.iter_batch(folder, predictor, out, confine=confine, **options)
+            steps = batch.iter_batch(folder, predictor, out, confine=confine, exclude=exclude, **options)
         for step in steps:
             if isinstance(step, cluster.ClusterProgress) and step.processed == 0:
                 st.text(f"Dask: {step.workers} worker processes" + (f", dashboard {step.dashboard}" if step.dashboard else ""))
@@ -129,6 +167,11 @@ if st.button("Classify", type="primary", disabled=predictor is None):
         ui.show_error(exc)
 
 results = st.session_state.get("batch_results")
+if proj is not None and (not results or project.of_results(results) != proj):
+    # Another session (or yesterday's) classified this folder: its results are here to open.
+    found = proj.run_for(card.name) if card is not None else None
+    found = found or next(iter(proj.runs()), None)
+    results = str(found.path) if found else None
 if results and Path(results).exists():
     frame = batch.results_frame(results)
     st.subheader("Results")
@@ -142,10 +185,28 @@ if results and Path(results).exists():
     cols[3].metric("Out of scope", int(counts.get("out_of_scope", 0)),
                    help="Not something this model was trained on (e.g. a footprint sent to a photo model)")
     cols[4].metric("Errors", int(counts.get("error", 0)))
+    st.caption(ui.md(f"Results file: {results}"))
+    owner = project.of_results(results)
+    chosen = owner.empty_threshold if owner is not None else None
     empty_threshold = st.slider(
-        "Likely empty at empty_score ≥", 0.0, 1.0, defaults.EMPTY_THRESHOLD, 0.01,
-        help="empty_score: 1 = the frame looks like its camera's median background (no animal)",
+        "Likely empty at empty_score ≥", 0.0, 1.0, defaults.EMPTY_THRESHOLD if chosen is None else chosen, 0.01,
+        help="empty_score: 1 = the frame looks like its camera's median background (no animal). The Dashboard "
+             "measures what each threshold costs on your labels and can set it for the project.",
     )
+    # Hand-offs: the next pages open on this very file, no download and upload.
+    if owner is not None:
+        review_col, evaluate_col = st.columns(2)
+        if review_col.button("Review these results", type="primary", key="batch_to_review",
+                             help="blanks first in pages of thumbnails, then the rest with your project's labels"):
+            st.session_state["rv_handoff"] = str(results)
+            st.switch_page("app_pages/review.py", query_params={"results": str(results), "empty": f"{empty_threshold:g}"})
+        if evaluate_col.button("Evaluate", key="batch_to_dashboard",
+                               help="the model and the empty filter against the labels reviewed so far"):
+            st.session_state["dashboard_handoff"] = str(results)
+            st.switch_page("app_pages/dashboard.py", query_params={"results": str(results)})
+    else:
+        st.caption(ui.md(f"Review and Evaluate open results of a folder under {root} directly; uploaded images live only "
+                         f"in this session, so download the results to keep them."))
     likely_empty = frame["empty_score"] >= empty_threshold
     hide_empty = st.checkbox(f"Hide {int(likely_empty.sum())} likely empty frames", value=defaults.HIDE_LIKELY_EMPTY)
     shown = frame[~likely_empty] if hide_empty else frame
@@ -160,7 +221,8 @@ if results and Path(results).exists():
         figure.update_traces(xbins={"start": 0.0, "end": 1.0, "size": 0.05})
         st.plotly_chart(figure, width="stretch")
     json_path = Path(results).with_suffix(".json")
-    batch.export_json(results, json_path, st.session_state.get("batch_classes"), empty_threshold)
+    classes = st.session_state.get("batch_classes") if results == st.session_state.get("batch_results") else None
+    batch.export_json(results, json_path, classes, empty_threshold)
     cols = st.columns(2)
     cols[0].download_button("Download CSV", Path(results).read_bytes(), file_name="wildid_results.csv",
                             mime="text/csv")

@@ -1,5 +1,7 @@
 """Dashboard: how well does a model do on labelled data?  Confusion matrix, per-class
-metrics, confidence bins, accept-above-T coverage, calibration, models side by side."""
+metrics, confidence bins, accept-above-T coverage, calibration, models side by side; the empty
+filter against the labels (ROC, pick the threshold on it); warnings when the numbers cannot mean
+what they seem (labels the model cannot predict, evaluated on its own training images)."""
 
 import time
 from pathlib import Path
@@ -10,6 +12,9 @@ import streamlit as st
 import ui
 from wildid import evaluate as ev
 from wildid import guard
+from wildid import evaluation_checks as checks
+from wildid import metrics, project
+from wildid.background import DEFAULT_EMPTY_THRESHOLD
 from wildid.errors import WildidError
 from wildid.imaging import load_image
 
@@ -53,8 +58,32 @@ def evaluate_labelled(data: str, models: list[str], crops: bool, population: str
     return bundle
 
 
-# --- data source ---------------------------------------------------------------------------
-source = st.radio("Data", SOURCES, horizontal=True)
+def evaluate_results(results_path: str, threshold: float) -> dict:
+    path = guard.check_path(results_path, kind="file", what="results CSV")
+    if not ev.journal_path_for(path).is_file():
+        raise WildidError(f"no reviewed labels for {path.name} yet: review some frames first (Review these results), "
+                          f"then evaluate")
+    return ev.combine([ev.build_report(ev.from_journal(path), threshold)], str(path))
+
+
+# --- data source ---------------------------------------------------------------------------------
+# From Batch's "Evaluate": open on that results file (and its project's journal) at once.
+handed = st.session_state.pop("dashboard_handoff", None) or st.query_params.get("results")
+if handed and st.session_state.get("dashboard_results_for") != handed:
+    st.session_state.update(dashboard_source=SOURCES[2], dashboard_results_path=handed, dashboard_results_for=handed)
+    try:
+        st.session_state[BUNDLE_KEY] = evaluate_results(handed, st.session_state.get("dashboard_threshold", ev.DEFAULT_THRESHOLD))
+        st.session_state.pop("dashboard_handoff_error", None)
+    except WildidError as exc:
+        st.session_state.pop(BUNDLE_KEY, None)
+        st.session_state["dashboard_handoff_error"] = (handed, str(exc))
+failed = st.session_state.get("dashboard_handoff_error")
+if failed and not st.session_state.get(BUNDLE_KEY):
+    ui.show_error(failed[1])
+    if st.button("Review these results", type="primary", key="dashboard_to_review"):  # no dead end
+        st.session_state["rv_handoff"] = failed[0]
+        st.switch_page("app_pages/review.py", query_params={"results": failed[0]})
+source = st.radio("Data", SOURCES, horizontal=True, key="dashboard_source")
 threshold = st.session_state.get("dashboard_threshold", ev.DEFAULT_THRESHOLD)
 try:
     if source == SOURCES[0]:
@@ -81,8 +110,9 @@ try:
     elif source == SOURCES[2]:
         results_path = st.text_input("Results CSV; its journal <name>.reviewed.csv lies beside it", key="dashboard_results_path")
         if st.button("Evaluate", type="primary", disabled=not results_path):
-            run = ev.from_journal(guard.check_path(results_path, kind="file", what="results CSV"))
-            st.session_state[BUNDLE_KEY] = ev.combine([ev.build_report(run, threshold)], results_path)
+            st.session_state[BUNDLE_KEY] = evaluate_results(results_path, threshold)
+            st.query_params["results"] = results_path
+            st.session_state["dashboard_results_for"] = results_path
     else:
         saved = st.file_uploader("Report JSON (from `wildid evaluate --out` or this page)", type=["json"], key="dashboard_json")
         if saved is not None and st.button("Open", type="primary"):
@@ -107,9 +137,34 @@ if len(reports) > 1:
 names = [r["name"] for r in reports]
 report = reports[names.index(st.selectbox("Details for", names, key="dashboard_detail"))] if len(reports) > 1 else reports[0]
 
-# Names, sources and file names come from the data or from an uploaded report: plain text only.
 st.subheader(ui.md(report["name"]))
 st.caption(ui.md(report.get("source", "")))
+warnings_box = st.container()  # filled once the labels are mapped (or not)
+
+# --- label mapping: score what the model can do when the labels are not its classes -----------
+data_file = str(bundle.get("data", ""))
+owner = project.of_results(data_file) if data_file.endswith(".csv") and Path(data_file).is_file() else None
+empty_key = f"dashboard_empty_t_{report['name']}"
+if empty_key not in st.session_state:
+    st.session_state[empty_key] = float(owner.empty_threshold if owner and owner.empty_threshold is not None
+                                        else DEFAULT_EMPTY_THRESHOLD)
+check = report.get("label_check") or {}
+all_labels = sorted({i["true"] for i in report["items"]} | {i["pred"] for i in report["items"]})
+MAPPINGS = ("labels as they are", "animal or empty (the empty score says empty)", "my mapping")
+with st.expander("Map labels", expanded=bool(check.get("none_known"))):
+    st.caption("Score the model on what it can tell: e.g. every label but 'empty' becomes 'animal', and a frame whose "
+               "empty_score reaches the empty-filter threshold (below) counts as predicted 'empty'.")
+    how = st.radio("Score", MAPPINGS, key=f"dashboard_mapping_{report['name']}", horizontal=True)
+    if how == MAPPINGS[1]:
+        report = ev.remap(report, checks.animal_or_empty(all_labels), st.session_state[empty_key],
+                          threshold=float(report["threshold"]["threshold"]))
+    elif how == MAPPINGS[2]:
+        table = st.data_editor(pd.DataFrame({"label": all_labels, "counts as": all_labels}), hide_index=True,
+                               disabled=["label"], key=f"dashboard_mapping_table_{report['name']}", width="stretch")
+        mapping = {row["label"]: str(row["counts as"] or row["label"]).strip() for _, row in table.iterrows()}
+        report = ev.remap(report, mapping, threshold=float(report["threshold"]["threshold"]))
+for warning in report.get("warnings", []):
+    warnings_box.warning(ui.md(warning))
 s = report["summary"]
 cols = st.columns(5)
 cols[0].metric("Images", s["n"])
@@ -170,6 +225,42 @@ if cells:
         except WildidError as exc:
             reason = "outside the allowed folder" if "outside the allowed folder" in str(exc) else "not readable here"
             grid[k % 6].caption(f"{caption} (file {reason})")
+
+# --- the empty filter ------------------------------------------------------------------------
+st.subheader("Empty filter")
+empty = report.get("empty") or {}
+if not empty:
+    st.caption("Needs a results table from Batch (it holds each frame's empty_score) with reviewed labels.")
+elif not empty.get("roc"):
+    st.caption("Needs frames labelled 'empty' and frames with an animal among the reviewed ones to judge the empty score.")
+else:
+    # A click on the curve picks its threshold (the slider follows); the slider fine-tunes it.
+    picked = st.session_state.get("dashboard_empty_roc")
+    points = picked.selection.points if picked and getattr(picked, "selection", None) else []
+    value = next((p.get("customdata") for p in points if p.get("customdata") is not None), None)
+    if value is not None and st.session_state.get("dashboard_empty_clicked") != value:
+        st.session_state["dashboard_empty_clicked"] = value
+        st.session_state[empty_key] = round(float(value), 3)
+    chart, numbers = st.columns([3, 2])
+    with numbers:
+        empty_threshold = st.slider("Hide frames with empty_score ≥", 0.0, 1.0, step=0.005, key=empty_key, format="%.3f")
+        scored = [i for i in report["items"] if "empty_score" in i]
+        cost = metrics.empty_threshold_summary([i["true_is_empty"] for i in scored], [i["empty_score"] for i in scored],
+                                               empty_threshold)
+        st.metric("Recall of animals", "–" if cost["animal_recall"] is None else f"{cost['animal_recall']:.1%}",
+                  help="share of the frames labelled with an animal that stay visible (not hidden as empty)")
+        st.metric("Frames hidden", f"{cost['hidden']} of {cost['frames']} ({cost['hidden_share']:.0%})")
+        st.metric("Animal frames hidden", f"{cost['animals_hidden']} of {cost['animals']}")
+        if owner is not None:
+            if st.button("Use this threshold for the project", key="dashboard_empty_save",
+                         help="Batch and Review of this folder then start from it"):
+                owner.save_settings(empty_threshold=round(float(empty_threshold), 3))
+                st.success(f"Empty threshold {empty_threshold:.3f} saved for the project.")
+            elif owner.empty_threshold is not None:
+                st.caption(f"The project's threshold: {owner.empty_threshold:.3f}")
+    chart.plotly_chart(ev.empty_roc_figure(report, empty_threshold), key="dashboard_empty_roc", on_select="rerun",
+                       selection_mode="points")
+    st.caption(ui.md(cost["text"]))
 
 # --- per-class -------------------------------------------------------------------------------
 st.subheader("Per class")

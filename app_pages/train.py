@@ -1,4 +1,10 @@
-"""Train: transfer learning from labelled images, with live curves and a stop button."""
+"""Train: transfer learning from labelled images, with live curves and a stop button.
+
+A run is a server-side job keyed by its output name (``wildid.jobs``): the page only watches
+it.  The run's name sits in the URL, so a reload or another tab re-attaches to the same live
+curves and stop button, and shows the result once it is done; a second run to a name in use
+is refused.
+"""
 
 
 import plotly.express as px
@@ -25,18 +31,43 @@ slot = st.query_params.get("slot", "")
 if slot:
     st.info(ui.md(f"Training weights for the model slot “{slot}”: point to labelled photos of its classes."))
 
-job: tr.TrainingJob | None = st.session_state.get(JOB_KEY)
-busy = job is not None and job.running
+runs = ui.training_runs()  # shared by every session of this server
+handoff = st.session_state.pop("train_handoff", None)  # from Review's "Train on the reviewed frames"
+if handoff:
+    st.session_state.update(train_data=handoff["data"], train_name=handoff["name"], train_groups=handoff["groups"],
+                            train_from_review=handoff)
+from_review = st.session_state.get("train_from_review")
+if from_review:
+    counts = ", ".join(f"{label} {n}" for label, n in sorted(from_review["counts"].items(), key=lambda kv: -kv[1]))
+    st.info(ui.md(f"From Review: {sum(from_review['counts'].values())} reviewed frames ({counts}), validated by camera "
+                  f"folder (group column 'group'). Check the name and press Train."))
+
+# On a shared server (access gate on) each person sees and stops only their own runs.
+user = ui.current_user()
+
+
+def visible(run):
+    return run if run is not None and (user is None or run.meta.get("owner") == user) else None
+
+
+# Which run this page shows: the one named in the URL (a reload, a shared link), else the one
+# this session started, else whatever of the person's is running on the server (another tab).
+attached = (visible(runs.get(st.query_params.get("run"))) or visible(runs.get(st.session_state.get(JOB_KEY)))
+            or next((run for run in runs.running() if visible(run)), None))
+busy = attached is not None and attached.running
 
 with st.form("train_form"):
-    data_text = st.text_input("Labelled data (folder or CSV on the server)", placeholder="/data/tracks or /data/labels.csv")
+    data_text = st.text_input("Labelled data (folder or CSV on the server)", placeholder="/data/tracks or /data/labels.csv",
+                              key="train_data")
     left, right = st.columns(2)
-    name = left.text_input("New model name", value=slot or "my-model")
+    st.session_state.setdefault("train_name", slot or "my-model")
+    name = left.text_input("New model name", key="train_name")
     arch = right.selectbox("Architecture", ARCHS)
     mode = left.radio("Mode", tr.MODES, horizontal=True,
                       help="linear: frozen backbone, features computed once (fast). finetune: last blocks trained. "
                            "progressive: one more block unfrozen every few epochs.")
-    groups = right.text_input("Group column (sequence, camera or site)", help="Frames of one group never sit on both sides of a split. "
+    groups = right.text_input("Group column (sequence, camera or site)", key="train_groups",
+                              help="Frames of one group never sit on both sides of a split. "
                               "For an image folder, 'folder' uses class/GROUP/image.jpg.")
     folds = left.number_input("Validation folds (0 = none)", min_value=0, max_value=20, value=5)
     epochs = right.number_input("Epochs (0 = default for the mode)", min_value=0, max_value=500, value=0)
@@ -53,7 +84,7 @@ with st.form("train_form"):
         views = st.selectbox("Flipped / rotated views averaged", tr.VIEW_CHOICES,
                              help="auto: chosen by inner cross-validation among none, flip and d8 (all 8 flips and "
                                   "quarter-turns; for subjects without a fixed orientation, such as footprints)")
-    submitted = st.form_submit_button("Train", type="primary", disabled=busy)
+    submitted = st.form_submit_button("Train", type="primary")
 
 if submitted:
     try:
@@ -76,14 +107,19 @@ if submitted:
         guard.check_paths(sample.path for sample in data.samples)  # a CSV may list any path
         tr.check_data(data, config.folds)
         command = tr.command_line(str(data_path), str(out), config, groups=groups.strip() or None, overwrite=overwrite)
+        if runs.busy(name.strip()):
+            raise WildidError(f"a training run to '{name.strip()}' is already running: it is shown below; stop it or "
+                              f"choose another model name")
         tr.check_out(out, overwrite)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        space.remember(out)
+        attached = runs.start(out.name, data, config, out, command, overwrite,
+                              meta={"data": str(data_path), "folder": (from_review or {}).get("folder", ""), "owner": user})
     except WildidError as exc:
         ui.show_error(exc)
     else:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        space.remember(out)
-        job = tr.TrainingJob(data, config, out, command, overwrite).start()
-        st.session_state[JOB_KEY] = job
+        st.session_state[JOB_KEY] = attached.name
+        st.query_params["run"] = attached.name
         busy = True
 
 
@@ -139,7 +175,33 @@ def show_results(result: tr.TrainResult) -> None:
     st.code(card.provenance.get("command", ""), language="bash")
 
 
-if job is not None:
+def classify_folder_button(run) -> None:
+    """After training on a project's reviewed frames: run the new model over the same folder."""
+    folder = run.meta.get("folder")
+    if not folder or run.job.result is None:
+        return
+    def pick_model() -> None:  # a callback runs before the sidebar picker exists, so it may set it
+        st.session_state.update({ui.MODEL_KEY: run.name, ui.PICKER_KEY: run.name, "batch_handoff": folder})
+
+    if st.button(f"Classify the folder with {run.name}", type="primary", key="train_to_batch", on_click=pick_model,
+                 help=ui.md(f"Batch on {folder} with the new model (its results go beside the first run's)")):
+        st.switch_page("app_pages/batch.py", query_params={"folder": folder})
+
+
+others = [run for run in runs.all() if visible(run) and (attached is None or run.name != attached.name)]
+if others:
+    with st.expander(f"Other training runs on this server ({len(others)})"):
+        for run in others:
+            state = "running" if run.running else ("done" if run.job.result is not None else "ended")
+            if st.button(f"{run.name} ({state})", key=f"train_open_{run.name}"):
+                st.query_params["run"] = run.name
+                st.session_state[JOB_KEY] = run.name
+                st.rerun()
+
+if attached is not None:
+    job = attached.job
+    st.subheader(ui.md(f"Run: {attached.name}"))
+
     @st.fragment(run_every=1.5 if busy else None)
     def live() -> None:
         events, features = job.snapshot()
@@ -151,18 +213,21 @@ if job is not None:
             if last is not None:
                 where = f"fold {last.fold}/{last.folds}" if last.fold else "final model on all data"
                 st.progress(last.epoch / last.epochs, text=f"{where}: epoch {last.epoch}/{last.epochs}, loss {last.loss:.3f}")
-            if st.button("Stop training"):
+            if job.stop_event.is_set():
+                st.info("Stopping after the current step…")
+            elif st.button("Stop training", key="train_stop"):
                 job.stop()
                 st.info("Stopping after the current step…")
         draw_curves(events)
-        if not job.running and st.session_state.get("_train_shown") is not job:
-            st.session_state["_train_shown"] = job
+        if not job.running and st.session_state.get("_train_shown") != (attached.name, id(job)):
+            st.session_state["_train_shown"] = (attached.name, id(job))
             st.rerun()  # whole app: the sidebar then lists the new model
 
     live()
     if not job.running:
         if job.result is not None:
             show_results(job.result)
+            classify_folder_button(attached)
         elif job.stopped:
             st.warning(ui.md(job.error))
         elif job.error:

@@ -114,3 +114,28 @@ def test_dask_cluster_only_from_the_operator_s_list(models_root, allowed, monkey
     [run_on] = [s for s in at.selectbox if s.label == "Run on"]
     assert run_on.options == ["this server's cores", "tcp://cluster-head:8786", "local:2"]
     assert run_on.value == "this server's cores"
+
+
+def test_results_go_to_the_folders_project_and_another_session_finds_them(models_root, allowed):
+    from wildid import project
+
+    at = page()
+    at.text_input(key="batch_folder").input("site1").run()
+    proj = project.for_folder(allowed / "site1", allowed)
+    assert any(str(proj.path) in c.value.replace("\\", "") for c in at.caption)  # shown before any run
+    at.button[0].click().run()
+    assert not at.exception and not at.error
+    results = proj.results_path("tiny")
+    assert at.session_state["batch_results"] == str(results) and results.is_file()
+    assert [run.model for run in proj.runs()] == ["tiny"] and proj.runs()[0].rows == 8
+    first = results.read_bytes()
+    # a new session: typing the folder shows the previous run, and Classify resumes it (nothing redone)
+    fresh = page()
+    fresh.text_input(key="batch_folder").input(str(allowed / "site1")).run()
+    assert not fresh.exception
+    assert {m.label: m.value for m in fresh.metric}.get("Files") == "8"
+    assert [c for c in fresh.checkbox if c.label.startswith("Resume")][0].value is True
+    fresh.button[0].click().run()
+    assert not fresh.exception and results.read_bytes() == first
+    assert fresh.button(key="batch_to_review").label == "Review these results"
+    assert fresh.button(key="batch_to_dashboard").label == "Evaluate"

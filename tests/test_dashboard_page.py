@@ -140,3 +140,66 @@ def test_answers_per_rank_and_share_correct_at_rank(workdir, models_root):
     assert metrics["Correct at the rank given"] == "100.0%"  # but the dog family is right
     [ranks] = [frame.value for frame in at.dataframe if "share_correct" in frame.value.columns]
     assert dict(zip(ranks["rank"], ranks["n"])) == {"species": 3, "family": 1}
+
+
+def project_with_labels(work: Path):
+    """A project folder with the tiny model's results over 12 images, 6 reviewed (vole/stoat/empty)."""
+    import pandas as pd
+
+    from tests.test_review import make_results
+    from wildid import project, review
+
+    proj = project.for_folder(work / "frames", work).create()
+    results = make_results(proj.path, name="results-tiny.csv", with_error=False)
+    frame = pd.read_csv(results, dtype=str, keep_default_na=False)
+    scores = {0: 0.2, 1: 0.99, 2: 0.95, 3: 0.97, 4: 0.1, 5: 0.6}
+    for index, score in scores.items():
+        frame.loc[index, "empty_score"] = str(score)
+    frame.to_csv(results, index=False)
+    truth = {0: "vole", 1: "empty", 2: "stoat", 3: "empty", 4: "vole", 5: "empty"}
+    review.append_labels(results, [(frame.loc[i, "path"], label, "", None) for i, label in truth.items()], "ana")
+    return proj, results
+
+
+def test_handed_results_warn_map_labels_and_pick_the_empty_threshold(models_root, workdir):
+    proj, results = project_with_labels(workdir)
+    at = AppTest.from_file(PAGE, default_timeout=120)
+    at.query_params["results"] = str(results)  # Batch's "Evaluate" opens the page on this file
+    at.run()
+    assert not at.exception and not at.error
+    assert at.radio(key="dashboard_source").value == SOURCES[2]
+    assert any("No true label is a class of tiny" in w.value for w in at.warning)
+    accuracy = {m.label: m.value for m in at.metric}["Accuracy"]
+    assert accuracy == "0.0%"
+    # the empty filter at the default 0.90: hides frames 1, 2 (an animal!) and 3
+    values = {m.label: m.value for m in at.metric}
+    assert values["Recall of animals"] == "66.7%" and values["Animal frames hidden"] == "1 of 3"
+    assert values["Frames hidden"] == "3 of 6 (50%)"
+    # animal or empty, the empty score saying empty: what filter + model really do
+    at.radio(key="dashboard_mapping_tiny").set_value("animal or empty (the empty score says empty)").run()
+    assert not at.exception
+    assert {m.label: m.value for m in at.metric}["Accuracy"] == "66.7%"
+    assert not any("No true label" in w.value for w in at.warning)
+    # a stricter threshold keeps every animal; saved for the project, Batch and Review start from it
+    at.slider(key="dashboard_empty_t_tiny").set_value(0.96).run()
+    values = {m.label: m.value for m in at.metric}
+    assert values["Recall of animals"] == "100.0%" and values["Frames hidden"] == "2 of 6 (33%)"
+    at.button(key="dashboard_empty_save").click().run()
+    assert proj.empty_threshold == 0.96
+    assert len(at.get("plotly_chart")) >= 2  # confusion matrix and the empty-score ROC
+
+
+def test_no_journal_yet_says_review_first(models_root, workdir):
+    from tests.test_review import make_results
+    from wildid import project
+
+    proj = project.for_folder(workdir / "frames", workdir).create()
+    results = make_results(proj.path, name="results-tiny.csv")
+    at = AppTest.from_file(PAGE, default_timeout=60)
+    at.query_params["results"] = str(results)
+    at.run()
+    assert not at.exception
+    assert any("no reviewed labels for results-tiny.csv yet" in e.value for e in at.error)
+    assert at.button(key="dashboard_to_review").label == "Review these results"
+    at.run()  # still offered on the next run (e.g. after another widget changed)
+    assert at.button(key="dashboard_to_review").label == "Review these results"

@@ -216,3 +216,29 @@ def test_rank_summary_of_nothing_answered():
     summary = M.rank_summary(["uncertain"], [None])
     assert summary["answers"] == 0 and summary["share_correct"] is None
     assert M.rank_text(summary).startswith("correct at the rank given: no answer could be checked")
+
+
+def test_empty_roc_matches_scikit_learn_and_skips_unscored_frames():
+    from sklearn.metrics import roc_auc_score
+
+    is_empty = [True, True, True, False, False, False, False, True]
+    scores = [0.99, 0.95, 0.80, 0.96, 0.40, 0.10, None, None]
+    roc = M.empty_roc(is_empty, scores)
+    assert roc["n_empty"] == 3 and roc["n_animal"] == 3  # the two unscored frames are left out
+    assert roc["auc"] == pytest.approx(roc_auc_score([1, 1, 1, 0, 0, 0], [0.99, 0.95, 0.80, 0.96, 0.40, 0.10]))
+    assert roc["thresholds"][0] is None  # +inf: hide nothing
+    assert roc["hidden_animals"][0] == 0 and roc["hidden_empty"][0] == 0
+    assert roc["hidden_animals"][-1] == 1 and roc["hidden_empty"][-1] == 1
+    assert M.empty_roc([True, True], [0.9, 0.8]) is None  # one kind only: no curve
+
+
+def test_empty_threshold_summary_counts_what_the_filter_costs():
+    is_empty = [True, True, True, False, False, False, False, True]
+    scores = [0.99, 0.95, 0.80, 0.96, 0.40, 0.10, None, None]
+    s = M.empty_threshold_summary(is_empty, scores, 0.9)
+    assert (s["frames"], s["hidden"], s["animals"], s["animals_hidden"], s["empties"], s["empties_hidden"]) == (8, 3, 3, 1, 3, 2)
+    assert s["animal_recall"] == pytest.approx(2 / 3)
+    assert s["hidden_share"] == pytest.approx(3 / 8)
+    assert s["unscored"] == 2
+    assert "keeps 2 of 3 animal frames (recall 66.7%)" in s["text"]
+    assert M.empty_threshold_summary(is_empty, scores, 0.97)["animals_hidden"] == 0

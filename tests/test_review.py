@@ -324,6 +324,9 @@ def test_cli_merge_export_stats(results, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "reviewed 2" in out and "accuracy 0.0%" in out
     assert main(["review", "merge", str(results), "--out", str(results)]) == 2
+    assert main(["review", "export", str(results), "--out", str(tmp_path / "by-camera.csv"), "--layout", "csv",
+                 "--group-by", "folder"]) == 0
+    assert list(pd.read_csv(tmp_path / "by-camera.csv")["group"]) == ["cam1", "cam1"]
 
 
 def test_replay_with_quoted_fields_and_torn_quote(results):
@@ -336,3 +339,58 @@ def test_replay_with_quoted_fields_and_torn_quote(results):
     replay = review.replay_journal(results)
     assert replay.labels == {"/data/a,b.jpg": 'odd "label", really', "/data/d.jpg": "coyote"}
     assert replay.skipped_lines == 1
+
+
+def with_empty_scores(results: Path, scores: dict[int, float]) -> Path:
+    """The same results with some rows' empty_score set (row index -> score)."""
+    frame = pd.read_csv(results, dtype=str, keep_default_na=False)
+    for index, score in scores.items():
+        frame.loc[index, "empty_score"] = str(score)
+    frame.to_csv(results, index=False)
+    return results
+
+
+def test_likely_empty_queue_then_the_rest_in_file_order(results):
+    # rows 0 (accepted), 9 and 11 (review) look empty; row 9 is flagged "not empty" by a reviewer
+    with_empty_scores(results, {0: 0.99, 9: 0.95, 11: 0.97, 3: 0.5})
+    frame = review.read_results(results)
+    spec = review.QueueSpec(review.QUEUE_LIKELY_EMPTY, empty_threshold=0.9)
+    assert list(review.build_queue(frame, spec).index) == [0, 11, 9]  # most certainly empty first
+    flagged = {frame.loc[9, "path"]}
+    assert list(review.build_queue(frame, spec, not_empty=flagged).index) == [0, 11]
+    rest = review.build_queue(frame, review.QueueSpec(review.QUEUE_TO_LABEL, empty_threshold=0.9), not_empty=flagged)
+    # status review, not likely empty, plus the flagged frame; in file order (cam1 before cam2, by name)
+    assert set(rest.index) == {6, 7, 8, 9, 10}
+    assert list(rest["relpath"]) == sorted(rest["relpath"])
+    # a higher threshold moves frames back to labelling
+    strict = review.build_queue(frame, review.QueueSpec(review.QUEUE_TO_LABEL, empty_threshold=0.98))
+    assert set(strict.index) == {6, 7, 8, 9, 10, 11}
+    # with the project's own labels, frames accepted under a label outside them need one too
+    own = review.build_queue(frame, review.QueueSpec(review.QUEUE_TO_LABEL, empty_threshold=0.9, labels=("coyote", "empty")))
+    assert set(own.index) == {1, 3, 6, 7, 8, 10}  # 0, 9, 11 likely empty; 2, 4, 5 accepted as coyote
+    assert review.QueueSpec(review.QUEUE_LIKELY_EMPTY, empty_threshold=0.9).describe() == "likely empty at empty_score 0.9"
+
+
+def test_append_labels_is_one_durable_write(results):
+    frame = review.read_results(results)
+    items = [(frame.loc[i, "path"], "empty", frame.loc[i, "label"], frame.loc[i, "confidence"]) for i in (0, 1, 2)]
+    entries = review.append_labels(results, items, "ana")
+    assert [e["true_label"] for e in entries] == ["empty"] * 3
+    assert len({e["reviewed_at"] for e in entries}) == 1
+    replay = review.replay_journal(results)
+    assert replay.labels == {frame.loc[i, "path"]: "empty" for i in (0, 1, 2)}
+    assert review.append_labels(results, [], "ana") == []
+    with pytest.raises(DataError):
+        review.append_labels(results, [(frame.loc[3, "path"], " ", "", None)], "ana")
+    assert len(review.replay_journal(results).entries) == 3  # a bad entry writes nothing
+
+
+def test_training_export_grouped_by_camera_folder(results, tmp_path):
+    label_truthfully(results, [0, 1, 2, 3])
+    summary = review.export_training_set(results, tmp_path / "set.csv", layout="csv", group_by="folder")
+    table = pd.read_csv(summary.labels_csv)
+    assert list(table["group"]) == ["cam1", "cam2", "cam1", "cam2"]
+    assert review.camera_folder("/x/site/cam9/a.jpg", "") == "cam9"
+    assert review.camera_folder("/x/a.jpg", "a.jpg") == "x"
+    with pytest.raises(DataError, match="grouping"):
+        review.export_training_set(results, tmp_path / "bad.csv", layout="csv", group_by="moon")

@@ -11,7 +11,7 @@ from streamlit.testing.v1 import AppTest
 
 from tests.imagegen import CLASS_STYLES
 from tests.test_review import ROWS, make_results, sha256_tree
-from wildid import review
+from wildid import labelset, project, review
 from wildid.cards import ModelCard
 
 
@@ -30,8 +30,10 @@ def workdir(tmp_path, monkeypatch):
     return work
 
 
-def open_page(results) -> AppTest:
+def open_page(results, queue: str | None = None) -> AppTest:
     at = AppTest.from_file(PAGE, default_timeout=60)
+    if queue:
+        at.query_params["queue"] = queue
     at.run()
     assert not at.exception
     at.text_input(key="rv_results_path").set_value(str(results)).run()
@@ -47,8 +49,9 @@ def test_label_skip_back_other_and_merge(workdir):
     results = make_results(workdir)
     before = sha256_tree(workdir)
     frame = review.read_results(results)
-    at = open_page(results)
-    assert [b.label for b in at.button if b.key and b.key.startswith("rv_c")] == ["gray fox", "bobcat", "coyote"]
+    at = open_page(results, review.QUEUE_BELOW_THRESHOLD)
+    # a model with few classes: they are the project's labels until others are declared, plus empty
+    assert [b.label for b in at.button if b.key and b.key.startswith("rv_c")] == ["gray fox", "bobcat", "coyote", "empty"]
     assert "Image 1 of 6" in [s.value for s in at.subheader]
     at.text_input(key="rv_reviewer").set_value("ana").run()
     # queue "below threshold" = status review, least confident first: rows 11, 10, 9, 8, 7, 6
@@ -67,8 +70,12 @@ def test_label_skip_back_other_and_merge(workdir):
     at.button(key="rv_back_4").click().run()
     assert "Image 4 of 6" in [s.value for s in at.subheader]
     assert any("Reviewed as **gray fox** by ana" in s.value for s in at.success)
-    at.text_input(key="rv_other").input("coyote pup")
-    next(b for b in at.button if b.label == "Save other label").click().run()
+    # declare the project's labels, then pick one in the type-ahead box
+    at.text_area(key="rv_labels_text").set_value("gray fox, bobcat\ncoyote\ncoyote pup").run()
+    at.button(key="rv_labels_save").click().run()
+    assert labelset.read(results) == ["gray fox", "bobcat", "coyote", "coyote pup", "empty"]
+    assert "Image 4 of 6" in [s.value for s in at.subheader]
+    at.selectbox(key="rv_search_3").set_value("coyote pup").run()
     assert not at.exception
     assert review.replay_journal(results).labels[frame.loc[8, "path"]] == "coyote pup"
     assert len(journal(results)) == 4
@@ -92,7 +99,7 @@ def test_reload_resumes_at_first_unreviewed(workdir):
     frame = review.read_results(results)
     for i in (11, 10):
         review.append_label(results, frame.loc[i, "path"], ROWS[i][0], "ben")
-    at = open_page(results)
+    at = open_page(results, review.QUEUE_BELOW_THRESHOLD)
     assert "Image 3 of 6" in [s.value for s in at.subheader]
     assert any("2 of 6 reviewed" in p.proto.text for p in at.get("progress"))
 
@@ -132,7 +139,7 @@ def test_camtrap_export_has_the_reviewed_labels_as_human_classifications(workdir
 
     results = make_results(workdir)
     frame = review.read_results(results)
-    at = open_page(results)
+    at = open_page(results, review.QUEUE_BELOW_THRESHOLD)
     at.text_input(key="rv_reviewer").set_value("ana").run()
     at.button(key="rv_c2_0").click().run()  # row 11 -> coyote
     at.button(key="review_camtrap_button").click().run()
@@ -147,3 +154,54 @@ def test_camtrap_export_has_the_reviewed_labels_as_human_classifications(workdir
     assert [(o["mediaID"], o["classifiedBy"], o["scientificName"]) for o in human] == [
         (media_of[frame.loc[11, "path"]], "ana", "Canis latrans")]
     assert summary.counts["media"] == 12
+
+
+def test_a_model_with_hundreds_of_classes_offers_search_not_buttons(workdir, tmp_path):
+    classes = tuple(f"imagenet class {i}" for i in range(398))
+    ModelCard(name="general-big", arch="test_resnet", classes=classes, task="animals").save(tmp_path / "models" / "general-big")
+    results = make_results(workdir)
+    frame = pd.read_csv(results, dtype=str, keep_default_na=False)
+    frame["model"] = "general-big"
+    frame.loc[frame["status"] != "error", "label"] = "imagenet class 7"
+    frame.to_csv(results, index=False)
+    at = open_page(results)
+    assert not at.exception
+    label_buttons = [b for b in at.button if b.key and b.key.startswith("rv_c")]
+    assert [b.label for b in label_buttons] == ["empty"]  # not 398 buttons: nothing declared yet
+    assert len(at.button) < 20  # the whole page stays a screenful of buttons
+    search = at.selectbox(key="rv_search_0")
+    assert len(search.options) == 399 and search.options[:2] == ["empty", "imagenet class 7"]  # most predicted first
+    assert any("Type this project's labels once" in i.value for i in at.info)
+    # declared labels become the keyed buttons; the model's classes stay one search away
+    at.text_area(key="rv_labels_text").set_value("vole, stoat").run()
+    at.button(key="rv_labels_save").click().run()
+    assert [b.label for b in at.button if b.key and b.key.startswith("rv_c")] == ["vole", "stoat", "empty"]
+    assert len(at.selectbox(key="rv_search_0").options) == 401
+    at.button(key="rv_c1_0").click().run()  # key 2 -> stoat
+    assert list(review.replay_journal(results).labels.values()) == ["stoat"]
+
+
+def test_likely_empty_pages_confirm_with_one_key_and_flag_exceptions(workdir):
+    results = make_results(workdir)
+    frame = pd.read_csv(results, dtype=str, keep_default_na=False)
+    frame.loc[:9, "empty_score"] = "0.97"  # rows 0-9 look empty; 10, 11 do not
+    frame.to_csv(results, index=False)
+    paths = list(review.read_results(results)["path"])
+    at = open_page(results)
+    assert at.selectbox(key="rv_queue").value == review.QUEUE_LIKELY_EMPTY  # blanks first
+    assert "Likely empty: 10 frames to confirm" in [s.value for s in at.subheader]
+    flags = [c for c in at.checkbox if c.key and c.key.startswith("rv_flag_")]
+    assert len(flags) == 10
+    flags[2].check()  # the third thumbnail shows an animal
+    confirm = next(b for b in at.get("form_submit_button") if b.label.startswith("Confirm 10 as empty"))
+    confirm.click().run()
+    assert not at.exception
+    saved = review.replay_journal(results).labels
+    assert len(saved) == 9 and set(saved.values()) == {"empty"}
+    assert project.read_not_empty(results) == {paths[2]} and paths[2] not in saved
+    assert any("All 9 likely-empty frames are confirmed" in s.value for s in at.success)
+    at.button(key="rv_to_label").click().run()
+    assert at.selectbox(key="rv_queue").value == review.QUEUE_TO_LABEL
+    # the flagged frame waits for a label with the frames batch sent to review (10, 11), in file order
+    assert "Image 1 of 3" in [s.value for s in at.subheader]
+    assert at.get("progress")[0].proto.text.startswith("0 of 3 reviewed")

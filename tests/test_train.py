@@ -123,6 +123,13 @@ def test_linear_on_held_out_groups_and_reload(grouped_csv, models_root):
     assert card.provenance["command"] == "wildid train ..."
     assert card.provenance["data_summary"]["images"] == 36
     assert card.provenance["data_summary"]["groups"] == 12
+    # the card, as written, recognises its own training files (and nothing else)
+    from wildid import fingerprint
+    from wildid.cards import load_card
+
+    saved = load_card(folder).provenance["training_files"]
+    assert saved["count"] == 36
+    assert fingerprint.overlap([s.path for s in data.samples], saved).matched == 36
 
     loaded = load_predictor("tiny-trained")
     in_memory = TorchPredictor(card, result.model)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+import ui
 from tests.imagegen import CLASS_STYLES, class_image, write
 
 PAGE = Path(__file__).resolve().parent.parent / "app_pages" / "train.py"
@@ -47,7 +48,8 @@ def test_train_page_trains_and_saves(workdir, models_root):
     fill(at, "data")
     submit(at)
     assert not at.exception
-    job = at.session_state["train_job"]
+    assert at.session_state["train_job"] == "page-model" and at.query_params["run"] == "page-model"
+    job = ui.training_runs().get("page-model").job
     assert job.wait(120), "training did not finish"
     assert job.error is None, job.error
     at.run()
@@ -71,7 +73,7 @@ def test_train_page_bad_inputs(workdir, tmp_path):
     submit(at)
     assert not at.exception
     assert any("only one class" in e.value for e in at.error)
-    assert "train_job" not in at.session_state
+    assert "train_job" not in at.session_state and not ui.training_runs().all()
 
     fill(at, str(tmp_path))  # outside the allowed root
     submit(at)
@@ -92,3 +94,54 @@ def test_training_job_stop(workdir):
     assert job.wait(60)
     assert job.stopped and job.result is None and "stopped" in job.error
     assert not (workdir / "never").exists()
+
+
+def test_a_run_outlives_the_page_and_a_second_run_to_its_name_is_refused(workdir, models_root):
+    import threading
+
+    from wildid.train import TrainingJob
+
+    release = threading.Event()
+
+    class SlowJob(TrainingJob):
+        """The real job, held at its first epoch until the test lets it go."""
+
+        def _record(self, p):
+            super()._record(p)
+            if p.stage == "epoch":
+                release.wait(60)
+
+    at = AppTest.from_file(str(PAGE), default_timeout=60)
+    at.run()
+    fill(at, "data", name="slow-model")
+    runs = ui.training_runs()
+    original = runs.start
+
+    def start_slow(*args, **kwargs):
+        return original(*args, **kwargs, job_factory=SlowJob)
+
+    runs.start = start_slow
+    submit(at)
+    assert not at.exception and not at.error
+    run = runs.get("slow-model")
+    assert run.running
+    # a reload (the URL names the run) and another tab (no name: whatever is running) both see it live
+    for query in ({"run": "slow-model"}, {}):
+        other = AppTest.from_file(str(PAGE), default_timeout=60)
+        other.query_params.update(query)
+        other.run(timeout=60)
+        assert not other.exception
+        assert "Run: slow-model" in [h.value for h in other.subheader]
+        assert other.button(key="train_stop").label == "Stop training"
+    # a second run to the same name is refused with one line, the first goes on
+    fill(other, "data", name="slow-model")
+    submit(other)
+    assert any("already running" in e.value for e in other.error)
+    assert runs.get("slow-model") is run and run.running
+    release.set()
+    assert run.job.wait(120) and run.job.result is not None, run.job.error
+    # the finished result stays visible to any session that opens the run
+    later = AppTest.from_file(str(PAGE), default_timeout=60)
+    later.query_params["run"] = "slow-model"
+    later.run()
+    assert any("Saved model slow-model" in s.value for s in later.success)

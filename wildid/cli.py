@@ -268,6 +268,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                   f"balanced accuracy {c['balanced_accuracy']:.3f}")
         for note in report.get("notes", []):
             print(f"  note: {note}")
+        for warning in report.get("warnings", []):
+            print(f"  warning: {warning}")
+        if (report.get("empty") or {}).get("summary"):
+            print(f"  empty filter: {report['empty']['summary']['text']}")
     if args.out:
         print(f"wrote {ev.save_json(bundle, args.out)}")
     if args.html:
@@ -461,7 +465,8 @@ def cmd_review(args: argparse.Namespace) -> int:
         print(f"wrote {out}: {len(final)} labelled images "
               f"({int(sources.get('manual', 0))} manual, {int(sources.get('auto', 0))} auto)")
     elif args.review_command == "export":
-        summary = review.export_training_set(results, args.out, layout=args.layout, include_auto=args.include_auto)
+        summary = review.export_training_set(results, args.out, layout=args.layout, include_auto=args.include_auto,
+                                             group_by=args.group_by)
         classes = ", ".join(f"{label} {n}" for label, n in sorted(summary.per_class.items()))
         print(f"wrote {summary.out}: {summary.n_images} images ({classes}); labels in {summary.labels_csv}")
         for path in summary.missing:
@@ -781,6 +786,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True, help="new folder (imagefolder: copies) or a .csv (csv layout)")
     r.add_argument("--layout", choices=("imagefolder", "csv"), default="imagefolder")
     r.add_argument("--include-auto", action="store_true", help="also the automatically accepted labels")
+    r.add_argument("--group-by", choices=("sequence", "folder"), default="sequence",
+                   help="the group column: the burst (else the camera), or the camera folder the frame sits in "
+                        "(validation on cameras the model has not seen)")
     r = review_sub.add_parser("stats", help="accuracy of the model on what has been reviewed")
     r.add_argument("results")
     p.set_defaults(func=cmd_review)

@@ -30,6 +30,7 @@ from typing import Any, BinaryIO, Callable, Mapping, Sequence, Union
 import numpy as np
 
 from wildid import datasets, defaults
+from wildid import evaluation_checks as checks
 from wildid import metrics as M
 from wildid.datasets import Sample
 from wildid.errors import DataError, ImageError, WildidError
@@ -62,6 +63,10 @@ class Run:
     ranks: list[str] = field(default_factory=list)
     taxa: list[str] = field(default_factory=list)
     taxonomy: Any = None  # wildid.taxonomy.Taxonomy: resolves true labels to lineages
+    # Per image, from a results table: 1 = looks like the camera's empty background (None: no score).
+    empty_scores: list[float | None] = field(default_factory=list)
+    # The model card's record of its training files (wildid.fingerprint), when the model is known.
+    training_files: dict | None = None
 
 
 def _read_csv_rows(source: CsvSource) -> tuple[list[dict[str, str]], str]:
@@ -102,7 +107,8 @@ def run_predictor(
 
     card = predictor.card
     run = Run(name=name or card.name, paths=[], y_true=[], y_pred=[], confidence=[], classes=tuple(card.classes),
-              source=f"{len(items)} labelled images", taxonomy=taxonomy_for(card))
+              source=f"{len(items)} labelled images", taxonomy=taxonomy_for(card),
+              training_files=card.provenance.get("training_files"))
     size = batch_size or getattr(predictor, "batch_size", 16)
     done = 0
     if progress:
@@ -155,8 +161,9 @@ def read_truth(source: CsvSource) -> tuple[dict[str, str], Path | None]:
 
 
 def journal_path_for(results_path: str | os.PathLike) -> Path:
-    path = Path(results_path)
-    return path.with_name(f"{path.stem}.reviewed.csv")
+    from wildid.review import journal_path
+
+    return journal_path(results_path)
 
 
 def read_journal(source: CsvSource) -> dict[str, str]:
@@ -229,11 +236,20 @@ def _run_from_pairs(name: str, results: list[dict[str, str]], pairs, n_truth: in
         if has_ranks:
             run.ranks.append(_answer_rank(row, confidence, card))
             run.taxa.append(row["taxon"])
+        run.empty_scores.append(_optional_float(row.get("empty_score")))
     if not pairs:
         raise DataError(f"{source}: no true label matches a file in the results (compare the path columns)")
     if len(pairs) < n_truth:
         run.notes.append(f"{n_truth - len(pairs)} labelled files are not in the results and were skipped.")
     return run
+
+
+def _optional_float(text: str | None) -> float | None:
+    try:
+        value = float(text) if text not in (None, "") else None
+    except ValueError:
+        return None
+    return value if value is not None and math.isfinite(value) else None
 
 
 def _model_name(results: list[dict[str, str]], fallback: str) -> str:
@@ -248,7 +264,7 @@ def from_results(results: CsvSource, truth: CsvSource, name: str | None = None) 
     results_name = Path(getattr(results, "name", None) or str(results)).name
     run = _run_from_pairs(name or _model_name(rows, Path(results_name).stem), rows, _join(rows, labels, base), len(labels),
                           f"{results_name} + {Path(getattr(truth, 'name', None) or str(truth)).name}")
-    run.classes = _card_classes(_model_name(rows, ""))
+    run.classes, run.training_files = _card_facts(_model_name(rows, ""))
     return run
 
 
@@ -306,6 +322,15 @@ def correct_at_rank(true_label: str, predicted_label: str, rank: str, taxon: str
     return None if answered.contains(lineage.name) else False
 
 
+def _card_facts(model: str) -> tuple[tuple[str, ...], dict | None]:
+    """The installed model's class order (for matrix rows) and its record of training files;
+    ((), None) when the model is not installed."""
+    card = _card(model)
+    if card is None:
+        return (), None
+    return tuple(card.classes), card.provenance.get("training_files")
+
+
 def from_journal(results: str | os.PathLike, journal: CsvSource | None = None, name: str | None = None) -> Run:
     """A results table and its reviewed-labels journal (``<results stem>.reviewed.csv``)."""
     rows = read_results(results)
@@ -320,7 +345,7 @@ def from_journal(results: str | os.PathLike, journal: CsvSource | None = None, n
         labels = read_journal(journal)
     run = _run_from_pairs(name or _model_name(rows, Path(results).stem), rows, _join(rows, labels, None), len(labels),
                           f"{Path(results).name} + reviewed journal")
-    run.classes = _card_classes(_model_name(rows, ""))
+    run.classes, run.training_files = _card_facts(_model_name(rows, ""))
     run.notes.append("Reviewed images are the ones people chose or were sent to review, not a random sample: "
                      "read the accuracy as accuracy on reviewed images.")
     return run
@@ -333,8 +358,13 @@ def population_from_results(source: CsvSource) -> dict[str, int]:
 
 
 # --- report ------------------------------------------------------------------------------------
-def build_report(run: Run, threshold: float = DEFAULT_THRESHOLD, population: Mapping[str, int] | None = None) -> dict[str, Any]:
-    """All dashboard numbers for one run, JSON-friendly once passed through ``to_jsonable``."""
+def build_report(run: Run, threshold: float = DEFAULT_THRESHOLD, population: Mapping[str, int] | None = None,
+                 check_training: bool = True) -> dict[str, Any]:
+    """All dashboard numbers for one run, JSON-friendly once passed through ``to_jsonable``.
+
+    ``warnings`` say when the numbers cannot mean what they seem: true labels the model cannot
+    predict, evaluated images that were training images (digests every evaluated file once;
+    ``check_training=False`` skips it)."""
     labels = M.label_order(run.y_true, run.y_pred, run.classes)
     correct = [t == p for t, p in zip(run.y_true, run.y_pred)]
     has_ranks = len(run.ranks) == len(run.y_pred) and bool(run.ranks)
@@ -347,6 +377,17 @@ def build_report(run: Run, threshold: float = DEFAULT_THRESHOLD, population: Map
     for path, t, p in zip(run.paths, run.y_true, run.y_pred):
         cells.setdefault(f"{t}\t{p}", []).append(path)
     population = population if population is not None else run.population
+    items = [
+        {"path": p, "true": t, "pred": q, "confidence": c, "correct": t == q, "rank": r, "taxon": x,
+         "correct_at_rank": a}
+        for p, t, q, c, r, x, a in zip(run.paths, run.y_true, run.y_pred, run.confidence, ranks, taxa, at_rank)
+    ]
+    if run.empty_scores and any(score is not None for score in run.empty_scores):
+        for item, score in zip(items, run.empty_scores):
+            if score is not None:
+                item.update(empty_score=score, true_is_empty=checks.is_empty_label(item["true"]))
+    label_check = checks.label_check(run.y_true, run.classes)
+    overlap = checks.training_overlap(run.paths, run.training_files) if check_training else None
     corrected = None
     if population:
         corrected = M.proportion_corrected(run.y_true, run.y_pred, population, labels)
@@ -367,14 +408,38 @@ def build_report(run: Run, threshold: float = DEFAULT_THRESHOLD, population: Map
         "calibration": M.reliability(correct, run.confidence),
         "corrected": corrected,
         "ranks": M.rank_summary(ranks, at_rank) if has_ranks else None,
-        "items": [
-            {"path": p, "true": t, "pred": q, "confidence": c, "correct": t == q, "rank": r, "taxon": x,
-             "correct_at_rank": a}
-            for p, t, q, c, r, x, a in zip(run.paths, run.y_true, run.y_pred, run.confidence, ranks, taxa, at_rank)
-        ],
+        "items": items,
         "errors": run.errors,
         "notes": run.notes,
+        "empty": checks.empty_section(run.y_true, run.empty_scores),
+        "label_check": label_check,
+        "training_overlap": overlap,
+        "warnings": [w for w in (checks.label_warning(label_check, run.name), checks.overlap_warning(overlap, run.name)) if w],
     }
+
+
+def run_from_report(report: Mapping[str, Any]) -> Run:
+    """The run behind a report (from its per-image items), e.g. to score it again with mapped labels."""
+    items = report["items"]
+    return Run(
+        name=report["name"], paths=[i["path"] for i in items], y_true=[i["true"] for i in items],
+        y_pred=[i["pred"] for i in items], confidence=[float(i["confidence"]) for i in items],
+        classes=tuple(report.get("labels", ())), errors=list(report.get("errors", [])), source=report.get("source", ""),
+        notes=list(report.get("notes", [])), empty_scores=[i.get("empty_score") for i in items],
+    )
+
+
+def remap(report: Mapping[str, Any], mapping: Mapping[str, str], empty_threshold: float | None = None,
+          threshold: float = DEFAULT_THRESHOLD) -> dict[str, Any]:
+    """The report scored again with labels mapped (see ``evaluation_checks.regroup``); the
+    training-overlap finding and the empty filter's ROC carry over unchanged."""
+    mapped = build_report(checks.regroup(run_from_report(report), mapping, empty_threshold), threshold,
+                          check_training=False)
+    mapped["training_overlap"] = report.get("training_overlap")
+    mapped["empty"] = report.get("empty")
+    mapped["warnings"] = [w for w in report.get("warnings", []) if "training images" in w]
+    mapped["name"] = f"{report['name']} (labels mapped)"
+    return mapped
 
 
 def combine(reports: Sequence[dict[str, Any]], data: str = "") -> dict[str, Any]:
@@ -513,6 +578,7 @@ from wildid.evaluate_figures import (  # noqa: E402,F401
     compare_figure,
     confusion_figure,
     coverage_figure,
+    empty_roc_figure,
     per_class_rows,
     reliability_figure,
     save_html,

@@ -157,6 +157,53 @@ def per_class_rows(report: Mapping[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def empty_roc_figure(report: Mapping[str, Any], threshold: float | None = None):
+    """The empty score as a filter: share of empty frames hidden against share of animal frames
+    hidden, one point per threshold (hover: the threshold); the chosen threshold is marked.
+
+    Points carry their threshold in ``customdata``, so a click on the curve picks it."""
+    import plotly.graph_objects as go
+
+    empty = report.get("empty") or {}
+    roc = empty.get("roc")
+    fig = go.Figure()
+    if not roc:
+        fig.update_layout(title="Empty score: needs labelled empty and animal frames")
+        return fig
+    thresholds = [1.0 if t is None else min(float(t), 1.0) for t in roc["thresholds"]]
+    fig.add_scatter(
+        x=roc["hidden_animals"], y=roc["hidden_empty"], mode="lines+markers", name="thresholds",
+        customdata=thresholds, marker={"size": 7},
+        hovertemplate="empty_score ≥ %{customdata:.3f}<br>animal frames hidden %{x:.1%}<br>"
+                      "empty frames hidden %{y:.1%}<extra></extra>",
+    )
+    fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot", "color": "#999"}, name="chance",
+                    hoverinfo="skip")
+    point = empty.get("summary") if threshold is None else None
+    if threshold is not None:
+        point = {"threshold": threshold, **_rates_at(report, threshold)}
+    if point and point.get("animals") and point.get("empties"):
+        fig.add_scatter(
+            x=[point["animals_hidden"] / point["animals"]], y=[point["empties_hidden"] / point["empties"]],
+            mode="markers", name=f"chosen: {point['threshold']:.2f}", hoverinfo="skip",
+            marker={"size": 16, "symbol": "x", "color": "#d62728"},
+        )
+    fig.update_layout(
+        title=f"Empty score against the labels (AUC {roc['auc']:.3f}; {roc['n_empty']} empty, {roc['n_animal']} animal frames)",
+        xaxis={"title": "animal frames hidden (false positives)", "range": [-0.02, 1.02], "tickformat": ".0%"},
+        yaxis={"title": "empty frames hidden (true positives)", "range": [-0.02, 1.02], "tickformat": ".0%"},
+        height=420, margin={"t": 60, "b": 50}, clickmode="event+select",
+    )
+    return fig
+
+
+def _rates_at(report: Mapping[str, Any], threshold: float) -> dict[str, Any]:
+    from wildid.metrics import empty_threshold_summary
+
+    items = [i for i in report["items"] if "empty_score" in i]
+    return empty_threshold_summary([i["true_is_empty"] for i in items], [i["empty_score"] for i in items], threshold)
+
+
 # --- HTML ------------------------------------------------------------------------------------------
 def _table(rows: Sequence[Mapping[str, Any]]) -> str:
     if not rows:

@@ -16,6 +16,8 @@ is small enough to read here.
     proportion_corrected(y_true, y_pred, population_counts, labels) -> corrected metrics
     rank_summary(ranks, correct_at_rank)       -> answers per rank, share correct at the rank given
     compare_table(reports)                     -> one row per model / variant
+    empty_roc(is_empty, empty_score)           -> ROC of the empty score (empty = positive), AUC
+    empty_threshold_summary(is_empty, empty_score, T) -> animals kept, frames hidden at T
 
 "Accept above T" means ``confidence >= T``, the same rule as ``Prediction.uncertain``.
 """
@@ -213,6 +215,74 @@ def coverage_curve(correct: Sequence[bool], confidence: Sequence[float], thresho
         row.pop("text")
         rows.append(row)
     return rows
+
+
+# --- the empty filter ------------------------------------------------------------------------
+def _scored(is_empty: Sequence[bool], empty_score: Sequence[float | None]) -> tuple[np.ndarray, np.ndarray]:
+    """Frames with a score (a folder of fewer than three frames has no background, so no score)."""
+    _check_same_length(is_empty, empty_score)
+    truth = np.asarray([bool(e) for e in is_empty], dtype=bool)
+    score = np.asarray([np.nan if s is None else float(s) for s in empty_score], dtype=float)
+    keep = ~np.isnan(score)
+    return truth[keep], score[keep]
+
+
+def empty_roc(is_empty: Sequence[bool], empty_score: Sequence[float | None]) -> dict[str, Any] | None:
+    """How well empty_score finds empty frames, as scikit-learn's ROC (positive = empty).
+
+    ``hidden_animals`` (the false-positive rate) is the share of animal frames a threshold would
+    hide; ``hidden_empty`` (the true-positive rate) the share of empty frames it would hide.
+    None when the labels hold only one of the two kinds (no curve to draw).
+    """
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    truth, score = _scored(is_empty, empty_score)
+    if truth.all() or not truth.any():
+        return None
+    fpr, tpr, thresholds = roc_curve(truth, score)
+    # The first threshold is +inf (hide nothing): JSON has no infinity, so it is stored as None.
+    return {
+        "hidden_animals": fpr.tolist(),
+        "hidden_empty": tpr.tolist(),
+        "thresholds": [None if not np.isfinite(t) else float(t) for t in thresholds],
+        "auc": float(roc_auc_score(truth, score)),
+        "n_empty": int(truth.sum()),
+        "n_animal": int((~truth).sum()),
+    }
+
+
+def empty_threshold_summary(is_empty: Sequence[bool], empty_score: Sequence[float | None], threshold: float) -> dict[str, Any]:
+    """What hiding frames with empty_score >= threshold costs and saves on labelled frames."""
+    _check_same_length(is_empty, empty_score)
+    n_frames = len(is_empty)
+    truth, score = _scored(is_empty, empty_score)
+    hidden = score >= threshold
+    animals, empties = ~truth, truth
+    n_animal, n_empty = int(animals.sum()), int(empties.sum())
+    animals_hidden = int((hidden & animals).sum())
+    empties_hidden = int((hidden & empties).sum())
+    n_hidden = int(hidden.sum())
+    recall = (n_animal - animals_hidden) / n_animal if n_animal else None
+    text = (f"Hide frames with empty_score ≥ {threshold:.2f}: hides {n_hidden} of {n_frames} frames "
+            f"({n_hidden / n_frames:.0%})" if n_frames else f"Hide frames with empty_score ≥ {threshold:.2f}: no frames")
+    if n_animal:
+        text += f"; keeps {n_animal - animals_hidden} of {n_animal} animal frames (recall {recall:.1%})"
+    if n_empty:
+        text += f"; hides {empties_hidden} of {n_empty} empty frames"
+    return {
+        "threshold": float(threshold),
+        "frames": n_frames,
+        "hidden": n_hidden,
+        "hidden_share": n_hidden / n_frames if n_frames else 0.0,
+        "animals": n_animal,
+        "animals_hidden": animals_hidden,
+        "animal_recall": recall,
+        "empties": n_empty,
+        "empties_hidden": empties_hidden,
+        "empty_recall": empties_hidden / n_empty if n_empty else None,
+        "unscored": int(n_frames - len(truth)),
+        "text": text + ".",
+    }
 
 
 # --- class-proportion correction -----------------------------------------------------------

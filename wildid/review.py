@@ -27,6 +27,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from wildid import project
+from wildid.background import DEFAULT_EMPTY_THRESHOLD
 from wildid.errors import DataError
 from wildid.guard import check_path
 from wildid.imaging import is_image_file
@@ -49,20 +51,24 @@ FINAL_COLUMNS = (
     "reviewed_at",
 ) + METADATA_COLUMNS
 
+QUEUE_LIKELY_EMPTY = "likely empty"
+QUEUE_TO_LABEL = "to label"
 QUEUE_BELOW_THRESHOLD = "below threshold"
 QUEUE_PER_CLASS = "per class"
 QUEUE_RANDOM = "random sample"
 QUEUE_PER_BIN = "per confidence bin"
-QUEUES = (QUEUE_BELOW_THRESHOLD, QUEUE_PER_CLASS, QUEUE_RANDOM, QUEUE_PER_BIN)
+QUEUES = (QUEUE_LIKELY_EMPTY, QUEUE_TO_LABEL, QUEUE_BELOW_THRESHOLD, QUEUE_PER_CLASS, QUEUE_RANDOM, QUEUE_PER_BIN)
+# Queues built around the empty threshold: blanks first (in pages of thumbnails), then the rest.
+EMPTY_QUEUES = (QUEUE_LIKELY_EMPTY, QUEUE_TO_LABEL)
 DEFAULT_BINS = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 ANONYMOUS = "anonymous"
 
 
 # --- paths -------------------------------------------------------------------------------------
 def journal_path(results_path: str | os.PathLike) -> Path:
-    """``runs/cam1.csv`` -> ``runs/cam1.reviewed.csv``."""
-    results_path = Path(results_path)
-    return results_path.with_name(results_path.stem + JOURNAL_SUFFIX)
+    """``runs/cam1.csv`` -> ``runs/cam1.reviewed.csv``; in a project folder every run shares the
+    project's ``reviewed.csv`` (labels belong to the images, whichever model classified them)."""
+    return project.side_file(results_path, project.JOURNAL)
 
 
 def resolve_image_path(path: str, relpath: str | None, results_dir: Path) -> Path:
@@ -110,7 +116,7 @@ def read_results(path: str | os.PathLike) -> pd.DataFrame:
     row (batch still writing, or crashed mid-row) is ignored.
     """
     path = Path(path)
-    if path.name.endswith(JOURNAL_SUFFIX):
+    if path.name.endswith(JOURNAL_SUFFIX) or path == journal_path(path):
         raise DataError(f"{path.name} is a reviewed-labels journal; pick the results CSV it belongs to")
     if not path.is_file():
         raise DataError(f"results file not found: {path}")
@@ -162,17 +168,35 @@ def append_label(
     reviewed_at: str | None = None,
 ) -> dict:
     """Append one manual label to the journal, durably (write + fsync) before returning."""
-    label = " ".join(_clean(true_label, "label").split())
-    if not label:
-        raise DataError("the label is empty: pick a class or type a name")
-    entry = {
-        "path": _clean(path, "path"),
-        "true_label": label,
-        "reviewer": " ".join(_clean(reviewer, "reviewer").split()) or ANONYMOUS,
-        "reviewed_at": reviewed_at or now_iso(),
-        "predicted_label": _clean(predicted_label, "predicted label"),
-        "confidence": "" if confidence is None or pd.isna(confidence) else f"{float(confidence):.6g}",
-    }
+    return append_labels(results_path, [(path, true_label, predicted_label, confidence)], reviewer, reviewed_at)[0]
+
+
+def append_labels(
+    results_path: str | os.PathLike,
+    items: Sequence[tuple[str, str, str, float | None]],
+    reviewer: str = "",
+    reviewed_at: str | None = None,
+) -> list[dict]:
+    """Append (path, true label, predicted label, confidence) entries in one write + fsync: a
+    confirmed page of likely-empty frames is all in the journal or (after a crash) none of it
+    but a torn last line, which replay ignores."""
+    entries = []
+    stamp = reviewed_at or now_iso()
+    who = " ".join(_clean(reviewer, "reviewer").split()) or ANONYMOUS
+    for path, true_label, predicted_label, confidence in items:
+        label = " ".join(_clean(true_label, "label").split())
+        if not label:
+            raise DataError("the label is empty: pick a class or type a name")
+        entries.append({
+            "path": _clean(path, "path"),
+            "true_label": label,
+            "reviewer": who,
+            "reviewed_at": stamp,
+            "predicted_label": _clean(predicted_label, "predicted label"),
+            "confidence": "" if confidence is None or pd.isna(confidence) else f"{float(confidence):.6g}",
+        })
+    if not entries:
+        return []
     target = journal_path(results_path)
     created = not target.exists()
     fd = os.open(target, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
@@ -186,14 +210,14 @@ def append_label(
         if size == 0:
             prefix = _line(JOURNAL_COLUMNS)
         elif os.pread(fd, 1, size - 1) != b"\n":
-            prefix = b"\n"  # a torn last line from a crash: keep it apart from the new entry
-        os.write(fd, prefix + _line([entry[c] for c in JOURNAL_COLUMNS]))
+            prefix = b"\n"  # a torn last line from a crash: keep it apart from the new entries
+        os.write(fd, prefix + b"".join(_line([entry[c] for c in JOURNAL_COLUMNS]) for entry in entries))
         os.fsync(fd)
     finally:
         os.close(fd)
     if created:
         _fsync_dir(target.parent)
-    return entry
+    return entries
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -285,8 +309,14 @@ class QueueSpec:
     seed: int = 0
     per_bin: int = 10
     bins: tuple[float, ...] = DEFAULT_BINS
+    empty_threshold: float = DEFAULT_EMPTY_THRESHOLD  # likely empty at empty_score >= this
+    # The project's labels: a frame batch accepted under another label (a class of a general
+    # model, not of this project) still needs one of these.
+    labels: tuple[str, ...] = ()
 
     def describe(self) -> str:
+        if self.kind in EMPTY_QUEUES:
+            return f"{self.kind} at empty_score {self.empty_threshold:g}"
         if self.kind == QUEUE_BELOW_THRESHOLD:
             return f"below threshold {self.threshold}" if self.threshold is not None else "status review"
         if self.kind == QUEUE_PER_CLASS:
@@ -306,9 +336,33 @@ def confidence_bin(confidence: pd.Series, bins: Sequence[float] = DEFAULT_BINS) 
     return pd.cut(confidence.astype(float), bins=list(bins), labels=labels, include_lowest=True, right=True)
 
 
-def build_queue(results: pd.DataFrame, spec: QueueSpec) -> pd.DataFrame:
-    """The rows of ``results`` to review, in review order (a deterministic function of spec)."""
+def likely_empty(rows: pd.DataFrame, threshold: float, not_empty: Iterable[str] = ()) -> np.ndarray:
+    """Which rows look empty: empty_score at or above the threshold (or no animal box from a
+    detector), unless a reviewer flagged the frame as holding an animal."""
+    flagged = member(rows["path"], set(not_empty))
+    scored = (rows["empty_score"].astype(float) >= float(threshold)).to_numpy()
+    return (scored | (rows["status"] == "empty").to_numpy()) & ~flagged
+
+
+def build_queue(results: pd.DataFrame, spec: QueueSpec, not_empty: Iterable[str] = ()) -> pd.DataFrame:
+    """The rows of ``results`` to review, in review order (a deterministic function of spec and
+    the frames flagged not empty)."""
     rows = reviewable(results)
+    if spec.kind in EMPTY_QUEUES:
+        blank = likely_empty(rows, spec.empty_threshold, not_empty)
+        if spec.kind == QUEUE_LIKELY_EMPTY:
+            # Most certainly empty first: the first pages are the quickest to confirm.
+            picked = rows[blank].assign(_score=rows.loc[blank, "empty_score"].fillna(1.0))
+            return picked.sort_values(["_score", "relpath", "path"], ascending=[False, True, True],
+                                      kind="stable").drop(columns="_score")
+        # The rest in file order, so the frames of one burst come one after the other; what batch
+        # accepted under one of the project's labels stays out unless a reviewer flagged it.
+        flagged = member(rows["path"], set(not_empty))
+        needs = rows["status"].isin(["review", "out_of_scope"]).to_numpy() | flagged
+        if spec.labels:
+            needs |= ~member(rows["label"], set(spec.labels))
+        picked = rows[~blank & needs]
+        return picked.sort_values(["relpath", "path"], kind="stable")
     if spec.kind == QUEUE_BELOW_THRESHOLD:
         if spec.threshold is None:
             picked = rows[rows["status"].isin(["review", "out_of_scope"])]
@@ -575,7 +629,18 @@ def _publish(part: Path, dest: Path) -> None:
         shutil.copystat(part, dest)
 
 
-def training_rows(results_path: Path, include_auto: bool = False) -> pd.DataFrame:
+GROUP_BY = ("sequence", "folder")
+
+
+def camera_folder(path: str, relpath: str) -> str:
+    """The folder a frame sits in (relative to the batch root when known): one camera or site."""
+    parent = Path(relpath).parent.as_posix() if relpath else ""
+    return parent if parent not in ("", ".") else Path(path).parent.name or "(top)"
+
+
+def training_rows(results_path: Path, include_auto: bool = False, group_by: str = "sequence") -> pd.DataFrame:
+    if group_by not in GROUP_BY:
+        raise DataError(f"unknown grouping {group_by!r}: use {' or '.join(GROUP_BY)}")
     final = merge_final(read_results(results_path), replay_journal(results_path))
     if not include_auto:
         final = final[final["label_source"] == "manual"]
@@ -584,8 +649,12 @@ def training_rows(results_path: Path, include_auto: bool = False) -> pd.DataFram
     final["source"] = [
         resolve_image_path(p, r or None, results_dir) for p, r in zip(final["path"], final["relpath"].fillna(""))
     ]
-    # Grouped validation keeps a burst (or else a camera) on one side of a split; no group: the image alone.
-    final["group"] = [s or c or p for s, c, p in zip(final["sequence_id"].fillna(""), final["camera"].fillna(""), final["path"])]
+    if group_by == "folder":
+        # One camera folder on one side of every split: the model is then judged on cameras it never saw.
+        final["group"] = [camera_folder(p, r) for p, r in zip(final["path"], final["relpath"].fillna(""))]
+    else:
+        # Grouped validation keeps a burst (or else a camera) on one side of a split; no group: the image alone.
+        final["group"] = [s or c or p for s, c, p in zip(final["sequence_id"].fillna(""), final["camera"].fillna(""), final["path"])]
     return final
 
 
@@ -595,6 +664,7 @@ def export_training_set(
     layout: str = "imagefolder",
     include_auto: bool = False,
     confine: Path | None = None,
+    group_by: str = "sequence",
 ) -> ExportSummary:
     """Reviewed images as a training set for ``wildid train``; originals are only read.
 
@@ -604,7 +674,7 @@ def export_training_set(
     pass the path guard, and only image files are copied; other rows are listed in ``refused``.
     """
     results_path = Path(results_path)
-    rows = training_rows(results_path, include_auto)
+    rows = training_rows(results_path, include_auto, group_by)
     refused: list[str] = []
     if confine is not None:
         check_path(out, confine, must_exist=False, what="export folder")

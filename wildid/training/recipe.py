@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from wildid import fingerprint
 from wildid.cards import CARD_FILE, ModelCard, load_card, today
 from wildid.datasets import LabelledData
 from wildid.errors import DataError, WildidError
@@ -416,6 +417,8 @@ def train(
         "seed": config.seed,
         "folds": config.folds,
         "seconds": round(time.perf_counter() - started, 1),
+        # Digests of the training files, so an evaluation on them is caught (wildid.fingerprint).
+        "training_files": fingerprint.sketch(sample.path for sample in data.samples),
         **({"fit": fit_info} if fit_info else {}),
     }
     if not linear or config.head == "adamw":
