@@ -139,3 +139,37 @@ def test_results_go_to_the_folders_project_and_another_session_finds_them(models
     assert not fresh.exception and results.read_bytes() == first
     assert fresh.button(key="batch_to_review").label == "Review these results"
     assert fresh.button(key="batch_to_dashboard").label == "Evaluate"
+
+
+def test_shared_server_completes_another_session_s_run_never_restarts_it(models_root, allowed):
+    """Behind the access gate a project's results are the room's: a second person's unticked
+    Resume is refused with one line instead of starting over on the first person's file."""
+    from wildid import project
+
+    first = AppTest.from_file(PAGE, default_timeout=120)
+    first.session_state["model_name"] = "tiny"
+    first.session_state["wildid_user"] = "ana"
+    first.run()
+    first.text_input(key="batch_folder").input("site1").run()
+    first.button[0].click().run()
+    assert not first.exception and not first.error
+    results = project.for_folder(allowed / "site1", allowed).results_path("tiny")
+    before = results.read_bytes()
+    second = AppTest.from_file(PAGE, default_timeout=120)
+    second.session_state["model_name"] = "tiny"
+    second.session_state["wildid_user"] = "bo"
+    second.run()
+    second.text_input(key="batch_folder").input("site1").run()
+    [resume] = [c for c in second.checkbox if c.label.startswith("Resume")]
+    assert resume.value is True
+    resume.uncheck().run()
+    second.button[0].click().run()
+    assert not second.exception
+    [error] = [e.value for e in second.error]
+    assert "from another session" in error and "tick 'Resume the previous run on this folder'" in error.replace("\\", "")
+    assert results.read_bytes() == before
+    # The first person may still start their own run again.
+    [own] = [c for c in first.checkbox if c.label.startswith("Resume")]
+    own.uncheck().run()
+    first.button[0].click().run()
+    assert not first.exception and not first.error

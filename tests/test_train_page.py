@@ -145,3 +145,38 @@ def test_a_run_outlives_the_page_and_a_second_run_to_its_name_is_refused(workdir
     later.query_params["run"] = "slow-model"
     later.run()
     assert any("Saved model slow-model" in s.value for s in later.success)
+
+
+def test_behind_the_access_gate_a_run_is_shown_and_stopped_by_its_owner_only(workdir):
+    """On a shared server the signed-in name owns a run: another person's URL naming it, or the
+    server's list of running jobs, shows them nothing to watch or stop."""
+    import threading
+
+    from tests.test_jobs import FakeJob
+
+    class QuietJob(FakeJob):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.stop_event, self.result, self.error, self.stopped = threading.Event(), None, None, False
+
+        def snapshot(self):
+            return [], None
+
+        def stop(self):
+            self.stop_event.set()
+
+    runs = ui.training_runs()
+    run = runs.start("ana-model", None, None, "models/ana-model", meta={"owner": "ana"}, job_factory=QuietJob)
+    try:
+        for user, seen in (("ana", True), ("bo", False)):
+            for query in ({"run": "ana-model"}, {}):
+                at = AppTest.from_file(str(PAGE), default_timeout=60)
+                at.session_state["wildid_user"] = user
+                at.query_params.update(query)
+                at.run()
+                assert not at.exception
+                assert ("Run: ana-model" in [h.value for h in at.subheader]) is seen, (user, query)
+                assert any(b.key == "train_stop" for b in at.button) is seen
+                assert not any(str(b.key).startswith("train_open_") for b in at.button)
+    finally:
+        run.job.finish()
