@@ -9,6 +9,14 @@
 - snow_track.png: a drawn cat-family footprint (four toes, no claw marks, a lobed pad) in snow.
 - chelsea_cat_close_up.png: a 100x100 crop of the cat photo (striped fur only); no single
   class of the general model is sure of it, and the answer rolls up to a higher taxon.
+
+Not made here, copied unchanged: track_photo_felid.jpg, a real cat-family footprint in snow
+from the *test* split of shared/data/tracks-families (felid/test_large23_jpg.rf.15f17c...jpg, never
+used to train or calibrate models/tracks-families). Source: research-grade observations of the
+iNaturalist project "North American Animal Tracks Database", assembled as the Roboflow Universe
+project "animal-track-ftvw2" v1 (St. Mary's College of Maryland), as committed in
+github.com/PallaviPuligilla/Animal-Footprint-Classifier at 9d4fdc623199a4d7826a7bee7d14d3c6cd92f26d;
+CC BY 4.0 (the iNaturalist photo carries its own Creative Commons licence).
 """
 
 from __future__ import annotations

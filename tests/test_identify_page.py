@@ -129,7 +129,7 @@ def test_example_picker(models_root):
     at = page(identify_source="Example")
     assert not at.exception
     picker = at.selectbox(key="identify_example")
-    assert picker.options == ["chelsea cat", "chelsea cat close up", "night frame nir", "snow track"]
+    assert picker.options == ["chelsea cat", "chelsea cat close up", "night frame nir", "snow track", "track photo felid"]
     assert not at.error and len(at.get("plotly_chart")) == 1
     assert image_captions(at)[0] == "chelsea_cat.jpg · 451x300"
     picker.select_index(3).run()

@@ -160,3 +160,35 @@ def test_identify_rolled_up_answer_shows_group_rank_closest_classes_and_members(
     page.get_by_text(re.compile(r"^Family: dogs, wolves and foxes")).first.scroll_into_view_if_needed()
     wait_for_app(page)
     screenshot(page, "identify-rollup")
+
+
+def test_track_photo_on_the_shipped_track_model_shows_the_family_and_its_species(page, app_url):
+    """The bundled real footprint (a held-out test photo) through models/tracks-families: the family,
+    then the family's species a hiker may meet, with print sizes and toe counts to finish by eye."""
+    page.set_viewport_size({"width": 1280, "height": 1800})
+    page.goto(app_url)
+    wait_for_app(page)
+    select_model(page, "Animal tracks: mammal family")
+    page.get_by_text("Model card: Animal tracks: mammal family").first.wait_for()
+    page.get_by_text("Example", exact=True).first.click()
+    wait_for_app(page)
+    box = page.get_by_role("combobox", name="Example")
+    box.click()
+    box.fill("track photo felid")
+    page.keyboard.press("Enter")
+    page.get_by_text(re.compile(r"^felid \(\d+%\)$")).first.wait_for(timeout=scaled(120_000))
+    wait_for_app(page)
+    assert page.get_by_text("Not something this model was trained on").count() == 0
+    page.get_by_text("About this animal").wait_for()
+    page.get_by_text(re.compile(r"Cat family · Felidae")).first.wait_for()
+    page.get_by_text(re.compile(r"^Members you may meet in North America or Europe")).first.wait_for()
+    page.get_by_test_id("stDataFrame").first.wait_for()  # species, toes, print size side by side
+    titles = page.locator('[data-testid="stExpander"] summary')
+    assert titles.filter(has_text="Canada lynx · Lynx canadensis").count() == 1
+    assert titles.filter(has_text="Grey wolf · Canis lupus").count() == 0  # a dog is no member of the cat family
+    cougar = page.get_by_test_id("stExpander").filter(has=page.locator("summary", has_text="Cougar · Puma concolor"))
+    titles.filter(has_text="Cougar · Puma concolor").click()
+    cougar.get_by_text(re.compile(r"Print: Front about 7\.5-10\.5 cm long")).first.wait_for()
+    cougar.get_by_text(re.compile(r"Toes: 4 front, 4 hind")).first.wait_for()
+    assert page.get_by_test_id("stException").count() == 0
+    screenshot(page, "identify-track-family")
