@@ -286,13 +286,15 @@ def test_batch_page_runs_on_a_dask_scheduler(models_root, tmp_path, monkeypatch,
     allowed = tmp_path / "allowed"
     files = make_cameras(allowed / "site", per_camera=4, cameras=2)
     monkeypatch.setenv("WILDID_ALLOWED_ROOT", str(allowed))
+    dead = f"tcp://127.0.0.1:{_free_port()}"
+    # The page offers only the operator's clusters (never a typed address): WILDID_DASK_SCHEDULERS.
+    monkeypatch.setenv("WILDID_DASK_SCHEDULERS", f"{client.scheduler.address},{dead}")
     at = AppTest.from_file(str(PROJECT_ROOT / "app_pages" / "batch.py"), default_timeout=240)
     at.session_state["model_name"] = "tiny"
     at.run()
     [folder] = [t for t in at.text_input if t.label == "Folder"]
     folder.input("site")
-    [address] = [t for t in at.text_input if t.label.startswith("Dask scheduler address")]
-    address.input(client.scheduler.address)
+    at.selectbox(key="batch_dask").select(client.scheduler.address)
     at.run()
     at.button[0].click().run()
     assert not at.exception and not at.error
@@ -300,8 +302,8 @@ def test_batch_page_runs_on_a_dask_scheduler(models_root, tmp_path, monkeypatch,
     metrics = {m.label: m.value for m in at.metric if m.label in ("Files", "Errors")}
     assert metrics == {"Files": str(len(files)), "Errors": "1"}
     assert sorted(paths_in(Path(at.session_state["batch_results"]))) == sorted(map(str, files))
-    # An address where nothing answers: one line on the page, no traceback.
-    address = [t for t in at.text_input if t.label.startswith("Dask scheduler address")][0]
-    address.input(f"tcp://127.0.0.1:{_free_port()}").run()
+    # A listed scheduler where nothing answers: one line on the page, no traceback.
+    at.selectbox(key="batch_dask").select(dead).run()
+    [c for c in at.checkbox if c.label.startswith("Resume")][0].uncheck()
     at.button[0].click().run()
     assert not at.exception and any("no Dask scheduler answers" in e.value for e in at.error)
