@@ -424,6 +424,11 @@ def one_image() -> None:
             column_config={"probability": st.column_config.ProgressColumn("probability", min_value=0.0, max_value=1.0, format="%.2f")},
         )
         details = [f"status {row['status']}"] + [f"{k} {row[k]}" for k in ("datetime", "camera", "sequence_id") if row[k]]
+        if row.get("taxon") and row.get("rank") not in ("", "species") and row["status"] == "review":
+            try:  # no class was sure, a higher taxon was: the model's answer is that taxon
+                details.insert(0, f"model's answer {row['taxon']} ({row['rank']}, {float(row['taxon_confidence']):.0%})")
+            except (TypeError, ValueError):
+                pass
         if pd.notna(row["empty_score"]):
             details.append(f"empty_score {row['empty_score']:.2f}")
         st.caption(ui.md(" · ".join(details)))

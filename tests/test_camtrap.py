@@ -160,3 +160,33 @@ def test_cli_export_and_zip(models_root, tmp_path, capsys):
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
         assert sorted(archive.namelist()) == ["datapackage.json", "deployments.csv", "media.csv", "observations.csv"]
     assert summary.counts["media"] == 6
+
+
+def test_a_rolled_up_answer_is_an_animal_of_that_taxon_with_its_rank(models_root, tmp_path):
+    """A review row whose answer is the dog family (no class sure) is published as Canidae, rank
+    family, with the family's summed probability; a plain review row stays unclassified."""
+    root, results = make_run(tmp_path)
+    with results.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+        columns = list(rows[0])
+    for row in rows:
+        if row["path"].endswith("cam1/IMG_0000.jpg"):
+            row.update(status="review", confidence="0.41", rank="family", taxon="Canidae", taxon_confidence="0.83")
+        elif row["path"].endswith("cam2/IMG_0000.jpg"):
+            row.update(status="review", confidence="0.35", rank="", taxon="", taxon_confidence="")
+    with results.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    camtrap.export_camtrap_dp(results, tmp_path / "pkg", contributor="Tunnel Project")
+    pkg = tmp_path / "pkg"
+    assert camtrap.validate_package(pkg) == []
+    observations = {o["mediaID"]: o for o in read_table(pkg, "observations")}
+    family = observations["cam1/IMG_0000.jpg"]
+    assert (family["observationType"], family["scientificName"], family["classificationMethod"]) == ("animal", "Canidae", "machine")
+    assert float(family["classificationProbability"]) == pytest.approx(0.83)
+    assert "answered at family level" in family["observationComments"]
+    plain = observations["cam2/IMG_0000.jpg"]
+    assert (plain["observationType"], plain["scientificName"]) == ("unclassified", "")
+    descriptor = json.loads((pkg / "datapackage.json").read_text())
+    assert {t["scientificName"]: t["taxonRank"] for t in descriptor["taxonomic"]}["Canidae"] == "family"

@@ -205,3 +205,18 @@ def test_likely_empty_pages_confirm_with_one_key_and_flag_exceptions(workdir):
     # the flagged frame waits for a label with the frames batch sent to review (10, 11), in file order
     assert "Image 1 of 3" in [s.value for s in at.subheader]
     assert at.get("progress")[0].proto.text.startswith("0 of 3 reviewed")
+
+
+def test_a_rolled_up_row_shows_the_model_s_answer_at_its_rank(workdir):
+    """A row answered at family level (no class sure) says so beside the image, not just its top class."""
+    results = make_results(workdir)
+    frame = pd.read_csv(results, dtype=str, keep_default_na=False)
+    frame["rank"], frame["taxon"], frame["taxon_confidence"] = "", "", ""
+    review_rows = frame.index[frame["status"] == "review"]
+    lowest = frame.loc[review_rows, "confidence"].astype(float).idxmin()  # first in the below-threshold queue
+    frame.loc[lowest, ["rank", "taxon", "taxon_confidence"]] = ["family", "Canidae", "0.83"]
+    frame.to_csv(results, index=False)
+    at = open_page(results, review.QUEUE_BELOW_THRESHOLD)
+    assert "Image 1 of 6" in [s.value for s in at.subheader]
+    captions = " ".join(c.value.replace("\\", "") for c in at.caption)
+    assert "model's answer Canidae (family, 83%)" in captions

@@ -15,7 +15,9 @@ exchange) is ``datapackage.json`` + three tables:
   classified MegaDetector box (with its bbox) or one per frame; ``animal`` when batch accepted
   the label, ``unclassified`` when it went to review (the suggestion in the comments), ``blank``
   for an empty frame; people and vehicles the detector found become ``human`` / ``vehicle``.
-  scientificName comes from species_info (wildid.species).
+  scientificName comes from species_info (wildid.species).  A frame whose answer rolled up to a
+  higher taxon (no class sure, its family or order is: wildid.taxonomy) is an ``animal`` of that
+  taxon, its rank in the package's taxonomic list (``taxonRank``) and its summed probability.
 
 EXIF times without a UTC offset take ``utc_offset`` (default +00:00, and the summary says so).
 Required fields the results cannot fill are left empty and listed in ``to_fill``: the package
@@ -226,8 +228,9 @@ def export_camtrap_dp(results_csv: Path | str, out: Path | str, *, utc_offset: s
             for observation in _observations(item["row"], item["media"], reviewed.get(item["row"]["path"]),
                                              empty_threshold):
                 label = observation.pop("_label", "")
+                rolled = observation.pop("_taxon", None)
                 if observation["observationType"] == "animal":
-                    taxon = _taxon(label)
+                    taxon = rolled or _taxon(label)
                     if taxon is None:
                         unmapped[label] += 1
                     else:
@@ -343,12 +346,27 @@ def _observations(row: dict[str, str], media: dict[str, Any], review: dict[str, 
                  f"empty_score {row['empty_score']}"}]
     accepted = row["status"] == "accepted"
     box = md.parse_box(row.get("box")) if row.get("box_source") == md.SOURCE_DETECTOR else None
+    boxed = {"bboxX": box[0], "bboxY": box[1], "bboxWidth": box[2], "bboxHeight": box[3]} if box else {}
+    if not accepted and _rolled_up(row):
+        # No class was sure, a higher taxon was (wildid.taxonomy): the answer is that taxon, at its rank.
+        return [{**base, **machine, "observationType": "animal", "_label": "",
+                 "_taxon": {"scientificName": row["taxon"], "taxonRank": row["rank"]}, "count": 1, **boxed,
+                 "classificationProbability": row["taxon_confidence"],
+                 "observationTags": f"wildidLabel:{_tag(row['label'])}|wildidRank:{row['rank']}",
+                 "observationComments": f"no single class sure: answered at {row['rank']} level; "
+                                        f"top class {row['label']} ({row['confidence']})"}]
     return [{**base, **machine, "observationType": "animal" if accepted else "unclassified",
              "_label": row["label"] if accepted else "", "count": 1 if accepted else "",
-             **({"bboxX": box[0], "bboxY": box[1], "bboxWidth": box[2], "bboxHeight": box[3]} if box else {}),
+             **boxed,
              "classificationProbability": row["confidence"] if accepted else "",
              "observationTags": f"wildidLabel:{_tag(row['label'])}",
              "observationComments": "" if accepted else _unaccepted_comment(row)}]
+
+
+def _rolled_up(row: dict) -> bool:
+    """A review row whose answer is a taxon above species (the batch table's rank / taxon columns)."""
+    return (row["status"] == "review" and bool(row.get("taxon")) and row.get("rank") in TAXON_RANKS
+            and row.get("rank") not in ("species", "subspecies") and row.get("taxon_confidence") not in ("", None))
 
 
 def _unaccepted_comment(row: dict) -> str:
