@@ -69,9 +69,14 @@ def client():
     """A LocalCluster of 2 worker processes (one thread each), shared by the tests here."""
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as local:
-        with Client(local) as connected:
-            yield connected
+    from wildid.cluster import plain_main
+
+    # For the fixture's whole life: a worker the nanny restarts (the kill test) is spawned again,
+    # and an earlier AppTest may have left a page script as __main__.
+    with plain_main():
+        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as local:
+            with Client(local) as connected:
+                yield connected
 
 
 @pytest.mark.timeout(900)  # worker processes start slowly on a shared 2-core machine

@@ -33,9 +33,12 @@ import logging
 import math
 import os
 import re
+import sys
 import threading
 import time
+import types
 import uuid
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +98,25 @@ def parse_target(text: str) -> Target:
     raise ClusterError(f"--dask {text!r}: give a scheduler address (tcp://host:8786) or local[:N]")
 
 
+@contextmanager
+def plain_main():
+    """While worker processes are spawned, ``__main__`` is an empty module.
+
+    A spawned process first re-imports its parent's ``__main__`` script.  Inside Streamlit (and
+    its AppTest) ``__main__`` is the page being run, so each new Dask worker would run the Batch
+    page again (loading models, exporting ONNX next to the parent) before it could start: under
+    load the worker missed its start-up timeout.  An empty ``__main__`` gives the workers nothing
+    of the caller's to import; they need only wildid, which they import by name.
+    """
+    saved = sys.modules.get("__main__")
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        if saved is not None:
+            sys.modules["__main__"] = saved
+
+
 class Connection:
     """A Client, and the LocalCluster behind it when this process started one."""
 
@@ -111,7 +133,7 @@ class Connection:
 
             # Dask's statistical profiler samples every busy thread every 10 ms; on a 2-core
             # machine it cost about 15% of the workers' CPU per image (bench/batch.py).
-            with dask.config.set({"distributed.worker.profile.enabled": False}):
+            with dask.config.set({"distributed.worker.profile.enabled": False}), plain_main():
                 self.cluster = LocalCluster(n_workers=spec.workers, threads_per_worker=spec.threads_per_worker,
                                             processes=True, dashboard_address=":0" if dashboard else None,
                                             silence_logs=logging.ERROR)

@@ -15,6 +15,7 @@ views averaged (``card.views``) and the temperature that calibrates the confiden
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -349,7 +350,9 @@ def export_onnx(model: nn.Module, card: ModelCard, path: Path | str, opset: int 
         with torch.inference_mode():
             if pooled_features_and_logits(model, example)[1] is not None:
                 model, outputs = _LogitsAndFeatures(model), ["logits", "features"]
-    tmp = path.with_suffix(".onnx.tmp")
+    # A name of this process's own: two processes exporting the same model (app workers, a Dask
+    # worker beside its client) must not rename each other's half-written file.
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
