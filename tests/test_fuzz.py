@@ -461,18 +461,26 @@ def _probe(kind: str, path: Path | str, models_root: Path, limit: float = CALL_L
     return outcome, float(seconds), int(rss_mb)
 
 
+def slowdown() -> float:
+    """Time bounds below scale with the machine's measured speed (as the browser tests' do): on a
+    busy laptop the probe is slower, while its memory bound stays what it is."""
+    from tests.browser.conftest import slowdown as measured
+
+    return measured()
+
+
 def test_known_issue_extreme_aspect_predict_is_cheap(models_root, corpus):
     # 50000x10 costs ~4 s and ~1.3 GB today (65500x1: 50 s and 8 GB, too heavy to run here).
     path = next(e.path for e in corpus if e.name == "wide_50000x10.png")
     outcome, seconds, rss_mb = _probe("predict", path, models_root)
     # Before the fix: ~4 s and ~1.3 GB; the process baseline (torch imported) is ~0.9 GB.
-    assert seconds < 2 and rss_mb < 1200, (outcome, seconds, rss_mb)
+    assert seconds < 2 * slowdown() and rss_mb < 1200, (outcome, seconds, rss_mb)
 
 
 def test_known_issue_jpeg_bomb_is_refused_with_draft(models_root, corpus):
     path = next(e.path for e in corpus if e.name == "bomb_jpeg_65000x65000.jpg")
     outcome, seconds, rss_mb = _probe("load", path, models_root)
-    assert outcome == "error" and seconds < 1 and rss_mb < 300, (outcome, seconds, rss_mb)
+    assert outcome == "error" and seconds < 1 * slowdown() and rss_mb < 300, (outcome, seconds, rss_mb)
 
 
 def test_known_issue_png_bomb_metadata_is_cheap(models_root, corpus):
@@ -484,4 +492,4 @@ def test_known_issue_png_bomb_metadata_is_cheap(models_root, corpus):
     paths = [str(e.path) for name in names for e in corpus if e.name == name]
     assert len(paths) == len(names)
     outcome, seconds, rss_mb = _probe("metadata", ",".join(paths), models_root)
-    assert seconds < 0.5 and rss_mb < 150, (outcome, seconds, rss_mb)
+    assert seconds < 0.5 * slowdown() and rss_mb < 150, (outcome, seconds, rss_mb)
