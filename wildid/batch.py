@@ -31,14 +31,10 @@ import errno
 import io
 import json
 import os
-import shutil
 import time
-import zipfile
-import zlib
 from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -67,7 +63,6 @@ HEADER_LINE = (",".join(COLUMNS) + "\r\n").encode("utf-8")
 # out_of_scope: the model's scope check says it was not trained on images like this one
 # (wildid.scope); such rows get no confident label and go to review with the low-confidence ones.
 STATUSES = ("accepted", "review", "out_of_scope", "error", "empty")
-SORT_MODES = ("copy", "symlink")
 # Test hook: seconds to sleep before each batch is written, so a test can kill the process mid-run
 # (also between the start of a run and its first row).
 DELAY_ENV = "WILDID_BATCH_DELAY"
@@ -637,297 +632,23 @@ def _cell(value: Any) -> Any:
     return "" if value is None else value
 
 
-# --- reading results back --------------------------------------------------------------------------------
-def iter_results(csv_path: Path | str) -> Iterator[dict[str, str]]:
-    """Rows of a results CSV as dicts of strings, streamed."""
-    with Path(csv_path).open(newline="", encoding="utf-8") as handle:
-        for row in csv.DictReader(handle):
-            if row.get("path") is not None and None not in row:
-                yield row
-
-
-def results_frame(csv_path: Path | str):
-    """The results as a pandas DataFrame with numeric / boolean columns typed."""
-    import pandas as pd
-
-    frame = pd.read_csv(csv_path, dtype={"label": str, "error": str, "camera": str, "sequence_id": str,
-                                         "datetime": str, "model_version": str, "top_k": str, "box": str,
-                                         "box_source": str, "detections": str, "rank": str, "taxon": str},
-                        keep_default_na=False, na_values={c: [""] for c in (
-                            "confidence", "empty_score", "width", "height", "mean_intensity", "laplacian_var",
-                            "detection_conf", "detection_count", "taxon_confidence")})
-    for column in ("dark", "overexposed", "blurry"):
-        frame[column] = frame[column].map({"True": True, "False": False, True: True, False: False})
-    return frame
-
-
-def _float(text: str | None) -> float | None:
-    try:
-        return float(text) if text not in (None, "") else None
-    except ValueError:
-        return None
-
-
-def likely_empty(row: dict[str, str], empty_threshold: float | None) -> bool:
-    score = _float(row.get("empty_score"))
-    return empty_threshold is not None and score is not None and score >= empty_threshold
-
-
-# --- exports -----------------------------------------------------------------------------------------------
-def export_json(csv_path: Path | str, json_path: Path | str, classes: Sequence[str] | None = None,
-                empty_threshold: float | None = background.DEFAULT_EMPTY_THRESHOLD) -> Path:
-    """The results in MegaDetector's batch-output format (v1.4), streamed, so Timelapse and
-    other camera-trap review tools open them.
-
-    A run with MegaDetector detections (``--detections``) writes back every detection it was
-    given, each classified animal box with its own ``classifications``; its ``empty`` frames
-    keep their (non-animal or low-confidence) detections.  Otherwise a frame gets one
-    "animal" detection carrying the classifications: the whole image (bbox [0, 0, 1, 1]) or the
-    background crop that was classified, conf = top-1 confidence, unless its empty_score says
-    it is likely empty (then no detections).  Unreadable files get ``failure``.  ``file`` is
-    the path relative to the batch root.
-    """
-    from wildid import detections as md
-    csv_path, json_path = Path(csv_path), Path(json_path)
-    if classes is None:
-        seen: dict[str, None] = {}
-        for row in iter_results(csv_path):
-            for label, _ in json.loads(row["top_k"] or "[]"):
-                seen.setdefault(label, None)
-        classes = list(seen)
-    category = {label: str(i) for i, label in enumerate(classes)}
-    detection_ids = md.CategoryIds()
-    used_detector = False
-    model = version = ""
-    tmp = json_path.with_name(json_path.name + ".tmp")
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    with tmp.open("w", encoding="utf-8") as handle:
-        handle.write('{\n"images": [\n')
-        first = True
-        for row in iter_results(csv_path):
-            model, version = model or row["model"], version or row["model_version"]
-            image: dict[str, Any] = {"file": row["relpath"] or row["path"]}
-            if row["datetime"]:
-                image["datetime"] = row["datetime"]
-            class_id = (lambda label: category.setdefault(label, str(len(category))))
-            if row["status"] == "error":
-                image["failure"] = row["error"] or "unreadable"
-            elif row.get("box_source") == md.SOURCE_DETECTOR:
-                used_detector = True
-                found = md.megadetector_detections(row, detection_ids, class_id)
-                image.update(
-                    classifications=[[class_id(label), round(p, 6)] for label, p in json.loads(row["top_k"] or "[]")],
-                    max_detection_conf=max((d["conf"] for d in found), default=0.0),
-                    detections=found,
-                    label=row["label"],
-                    status=row["status"],
-                    empty_score=_float(row["empty_score"]),
-                    sequence_id=row["sequence_id"],
-                )
-                if row["status"] == "empty":
-                    image["empty_reason"] = row["error"]
-            else:
-                ranked = [[class_id(label), round(p, 6)] for label, p in json.loads(row["top_k"] or "[]")]
-                confidence = _float(row["confidence"]) or 0.0
-                empty = likely_empty(row, empty_threshold)
-                box = md.parse_box(row.get("box")) or (0.0, 0.0, 1.0, 1.0)
-                image.update(
-                    classifications=ranked,
-                    max_detection_conf=0.0 if empty else confidence,
-                    detections=[] if empty else [
-                        {"category": "1", "conf": confidence, "bbox": list(box), "classifications": ranked}
-                    ],
-                    label=row["label"],
-                    status=row["status"],
-                    empty_score=_float(row["empty_score"]),
-                    sequence_id=row["sequence_id"],
-                )
-            handle.write(("" if first else ",\n") + json.dumps(image))
-            first = False
-        info = {
-            "format_version": "1.4",
-            "detector": "MegaDetector (boxes read from its output)" if used_detector
-            else "none (wildid whole-image classification)",
-            "classifier": model,
-            "classifier_metadata": {"model_version": version, "empty_threshold": empty_threshold},
-            "batch_completion_time": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
-            "source": str(csv_path),
-        }
-        handle.write("\n],\n")
-        handle.write('"info": ' + json.dumps(info) + ",\n")
-        handle.write('"detection_categories": ' + json.dumps(detection_ids.as_json()) + ",\n")
-        handle.write('"classification_categories": ' + json.dumps({v: k for k, v in category.items()}) + "\n}\n")
-    tmp.replace(json_path)
-    return json_path
-
-
-def sort_into(csv_path: Path | str, dest: Path | str, mode: str = "copy",
-              empty_threshold: float | None = None) -> Counter:
-    """Copy (never move) or symlink each classified file into ``dest/<label>/<relpath>``.
-
-    Review-status frames go to ``dest/_review/<label>/``, out-of-scope frames to ``dest/_out_of_scope/``,
-    ``empty`` frames (no animal box) and likely-empty frames (when ``empty_threshold`` is given) to
-    ``dest/_empty/``; error rows are skipped.  The relative path is kept so equal names from different
-    camera folders do not collide.  Existing
-    targets are left alone, so sorting again after a resume only adds the new files.
-    Returns counts per target folder.
-    """
-    if mode not in SORT_MODES:
-        raise DataError(f"unknown sort mode {mode!r}; use copy or symlink")
-    dest = Path(os.path.abspath(Path(dest).expanduser()))
-    counts: Counter = Counter()
-    for row in iter_results(csv_path):
-        if row["status"] == "error":
-            continue
-        if row["status"] == "empty" or likely_empty(row, empty_threshold):
-            bucket = "_empty"
-        elif row["status"] == "out_of_scope":
-            bucket = "_out_of_scope"
-        elif row["status"] == "review":
-            bucket = f"_review/{safe_name(row['label'])}"
-        else:
-            bucket = safe_name(row["label"])
-        relative = PurePosixPath(row["relpath"] or Path(row["path"]).name)
-        if relative.is_absolute() or ".." in relative.parts:
-            relative = PurePosixPath(relative.name)
-        target = dest / bucket / relative
-        source = Path(row["path"])
-        if target.exists() or target.is_symlink() or not source.is_file():
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if mode == "copy":
-            # Copy under a hidden name, then rename: a kill mid-copy never leaves a truncated file
-            # under the real name (which a rerun would skip as "already there").
-            part = target.with_name(f".{target.name}.part")
-            shutil.copy2(source, part)
-            os.replace(part, target)
-        else:
-            os.symlink(os.path.abspath(source), target)
-        counts[bucket] += 1
-    return counts
-
-
-def safe_name(label: str) -> str:
-    """A label as a folder name: no separators, no leading dots."""
-    name = "".join("_" if ch in '/\\:*?"<>|\x00' else ch for ch in label).strip().lstrip(".")
-    return name or "unlabelled"
-
-
-# --- inputs for the app: uploads, zips (server folders pass wildid.guard.check_path) -----------------------------
-# 1 GiB: 20x the 50 MB upload limit, room for a zip of uncompressed NIR TIFF frames; JPEG frames
-# barely compress, so a zip of camera-trap JPEGs unpacks to about its own size.  The per-session
-# quota (wildid.sessions) bounds the disk a session can fill with several zips.
-MAX_ZIP_BYTES = int(os.environ.get("WILDID_MAX_ZIP_BYTES", 1024**3))
-MAX_ZIP_FILES = 100_000
-# Zip bombs: unpacked size over archive size.  Camera frames (JPEG) barely compress, so a zip
-# that claims more than this ratio (and more than the floor, so a few blank test images pass)
-# is refused before anything is written.  The ratio is taken over the real archive length, so
-# overlapping-member bombs (many entries sharing one compressed stream) are caught too.
-MAX_ZIP_RATIO = 100
-ZIP_RATIO_FLOOR = 64 * 1024**2
-# What zipfile raises on a damaged or unsupported member while unpacking.
-_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, RuntimeError, EOFError,
-               zlib.error, ValueError, OSError)
-
-
-def zip_unpacked_size(source) -> int:
-    """Bytes a zip (path or seekable file-like) declares it unpacks to; 0 if it is not a zip.
-    Python's zipfile never inflates a member past its declared size, so this bounds the disk use."""
-    try:
-        position = None if isinstance(source, (str, os.PathLike)) else source.tell()
-        with zipfile.ZipFile(source) as archive:
-            total = sum(m.file_size for m in archive.infolist() if not m.is_dir())
-        if position is not None:
-            source.seek(position)
-        return total
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError):
-        return 0
-
-
-def extract_zip(source, dest: Path | str, max_bytes: int = MAX_ZIP_BYTES, max_files: int = MAX_ZIP_FILES,
-                max_ratio: float = MAX_ZIP_RATIO) -> Path:
-    """Unpack a zip (path or file-like) into ``dest`` after checking every member: no absolute
-    paths or ``..`` (path traversal), no links, and limits on total unpacked size, count and
-    compression ratio (zip bombs).  Nothing is written unless all members pass; a member that
-    fails while unpacking (bad checksum, size that lies, unsupported compression, encryption,
-    a file and a folder of one name) removes everything unpacked so far and raises DataError."""
-    dest = Path(dest)
-    archive_bytes = _stream_length(source)
-    try:
-        archive = zipfile.ZipFile(source)
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError):
-        raise DataError("the upload is not a readable zip file") from None
-    with archive:
-        members = [m for m in archive.infolist() if not m.is_dir()]
-        if len(members) > max_files:
-            raise DataError(f"the zip holds {len(members)} files, over the limit of {max_files}")
-        total = sum(m.file_size for m in members)
-        if total > max_bytes:
-            raise DataError(f"the zip unpacks to {total / 1e6:.0f} MB, over the {max_bytes / 1e6:.0f} MB limit")
-        if archive_bytes and total > max(ZIP_RATIO_FLOOR, max_ratio * archive_bytes):
-            raise DataError(f"the zip unpacks to {total / 1e6:.0f} MB from {archive_bytes / 1e6:.1f} MB, over the "
-                            f"{max_ratio:.0f}:1 compression limit (a zip bomb?); refusing the zip")
-        for member in members:
-            name = PurePosixPath(member.filename.replace("\\", "/"))
-            if name.is_absolute() or ".." in name.parts or (name.parts and ":" in name.parts[0]):
-                raise DataError(f"the zip entry {member.filename!r} points outside the folder; refusing the zip")
-            if (member.external_attr >> 16) & 0o170000 == 0o120000:
-                raise DataError(f"the zip entry {member.filename!r} is a symbolic link; refusing the zip")
-        existed = dest.is_dir()
-        before = set(os.listdir(dest)) if existed else set()
-        member = None
-        try:
-            dest.mkdir(parents=True, exist_ok=True)
-            for member in members:
-                target = dest / PurePosixPath(member.filename.replace("\\", "/"))
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with archive.open(member) as src, target.open("wb") as out:
-                    shutil.copyfileobj(src, out, 1 << 20)
-        except _ZIP_ERRORS as exc:
-            _remove_new_entries(dest, existed, before)
-            where = f"the zip entry {member.filename!r}" if member is not None else "the zip"
-            reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-            raise DataError(_one_line(f"{where} could not be unpacked ({reason}); nothing was kept")) from None
-    return dest
-
-
-def _stream_length(source) -> int | None:
-    """Byte length of a zip given as a path or a seekable file-like (None if unknown)."""
-    try:
-        if isinstance(source, (str, os.PathLike)):
-            return os.path.getsize(source)
-        position = source.tell()
-        length = source.seek(0, os.SEEK_END)
-        source.seek(position)
-        return length
-    except (AttributeError, OSError, ValueError):
-        return None
-
-
-def _remove_new_entries(dest: Path, existed: bool, before: set[str]) -> None:
-    """Undo a partial extraction: the whole folder if it was made here, else what was added to it."""
-    if not existed:
-        shutil.rmtree(dest, ignore_errors=True)
-        return
-    for name in set(os.listdir(dest)) - before:
-        path = dest / name
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
-
-
-def save_uploads(files: Iterable[Any], dest: Path | str) -> Path:
-    """Write uploaded files (objects with .name and .getbuffer()/.read()) flat into ``dest``;
-    equal names get a numeric suffix instead of overwriting each other."""
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    for upload in files:
-        name = safe_name(Path(str(upload.name)).name)
-        target, n = dest / name, 1
-        while target.exists():
-            target = dest / f"{Path(name).stem}_{n}{Path(name).suffix}"
-            n += 1
-        data = upload.getbuffer() if hasattr(upload, "getbuffer") else upload.read()
-        target.write_bytes(bytes(data))
-    return dest
+# Reading results back and exports (wildid.batch_results), uploads and zips (wildid.batch_inputs):
+# split out by job, re-exported here for the pages, the CLI and the tests.
+from wildid.batch_inputs import (  # noqa: E402,F401
+    MAX_ZIP_BYTES,
+    MAX_ZIP_FILES,
+    MAX_ZIP_RATIO,
+    ZIP_RATIO_FLOOR,
+    extract_zip,
+    save_uploads,
+    zip_unpacked_size,
+)
+from wildid.batch_results import (  # noqa: E402,F401
+    SORT_MODES,
+    export_json,
+    iter_results,
+    likely_empty,
+    results_frame,
+    safe_name,
+    sort_into,
+)
