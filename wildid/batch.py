@@ -395,20 +395,12 @@ def iter_batch(
     With ``confine`` (the app's allowed folder), a file that is a symbolic link leading outside it
     (or into a hidden folder) is never opened: it gets an error row.
     """
-    root = Path(os.path.abspath(Path(root).expanduser()))
-    out = Path(os.path.abspath(Path(out).expanduser()))
     if batch_size < 1 or workers < 1:
         raise DataError("--batch-size and --workers must be at least 1")
-    card = predictor.card
-    threshold = defaults.accept_threshold(card) if threshold is None else float(threshold)
-    exclude = [out, out.with_name(out.stem + ".reviewed.csv"), *exclude]
-    # Everything that can refuse the run is checked before anything is written: a run that
-    # fails to start leaves no results file (and an --overwrite target untouched).
-    done, fresh = check_results(out, resume=resume, overwrite=overwrite, model=card.name)
-    total, already = count_files(root, recursive, exclude, done)
-    if total == 0:
-        raise DataError(_no_files_message(root, recursive, exclude))
-    _check_writable(out)
+    run = prepare_run(root, out, predictor.card, recursive=recursive, resume=resume, overwrite=overwrite,
+                      threshold=threshold, exclude=exclude)
+    root, out, threshold, exclude, done, fresh = run.root, run.out, run.threshold, run.exclude, run.done, run.fresh
+    total, already = run.total, run.already
     delay = float(os.environ.get(DELAY_ENV, "0") or 0)
     handle = None
     try:
@@ -442,6 +434,36 @@ def iter_batch(
     finally:
         if handle is not None:
             handle.close()
+
+
+@dataclass
+class RunPlan:
+    """What a run may do, decided before anything is written (:func:`prepare_run`)."""
+
+    root: Path
+    out: Path
+    threshold: float
+    exclude: list
+    done: set
+    fresh: bool  # the results file is started anew with the first rows
+    total: int
+    already: int
+
+
+def prepare_run(root: Path | str, out: Path | str, card, *, recursive: bool, resume: bool, overwrite: bool,
+                threshold: float | None, exclude: Iterable[Path | str] = ()) -> RunPlan:
+    """Every check that can refuse a run, in-process or on a cluster, before anything is written:
+    a run that fails to start leaves no results file (and an --overwrite target untouched)."""
+    root = Path(os.path.abspath(Path(root).expanduser()))
+    out = Path(os.path.abspath(Path(out).expanduser()))
+    threshold = defaults.accept_threshold(card) if threshold is None else float(threshold)
+    exclude = [out, out.with_name(out.stem + ".reviewed.csv"), *exclude]
+    done, fresh = check_results(out, resume=resume, overwrite=overwrite, model=card.name)
+    total, already = count_files(root, recursive, exclude, done)
+    if total == 0:
+        raise DataError(_no_files_message(root, recursive, exclude))
+    _check_writable(out)
+    return RunPlan(root, out, threshold, exclude, done, fresh, total, already)
 
 
 def _links_out_of(files: Sequence[Path], confine: Path) -> dict[Path, str]:
@@ -556,19 +578,19 @@ def run_batch(root: Path | str, predictor, out: Path | str, *, empty_threshold: 
               on_progress: Callable[[BatchProgress], None] | None = None, **options) -> BatchSummary:
     """``iter_batch`` to the end; returns counts.  ``options`` are iter_batch's keywords."""
     statuses: Counter[str] = Counter()
-    likely_empty = 0
+    empties = 0
     last = None
     for step in iter_batch(root, predictor, out, **options):
         last = step
         for row in step.rows:
             statuses[row["status"]] += 1
             score = row["empty_score"]
-            likely_empty += score is not None and score >= empty_threshold
+            empties += score is not None and score >= empty_threshold
         if on_progress:
             on_progress(step)
     assert last is not None
     return BatchSummary(Path(out), last.total, last.processed, last.done - last.processed, dict(statuses),
-                        likely_empty, last.elapsed)
+                        empties, last.elapsed)
 
 
 def _rows_for(entries: list[tuple[Decoded, FolderPlan]], predictor, root: Path, threshold: float,

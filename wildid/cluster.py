@@ -49,14 +49,11 @@ from wildid.batch import (
     DELAY_ENV,
     HEADER_LINE,
     BatchProgress,
-    _check_writable,
-    _no_files_message,
-    check_results,
-    count_files,
     folder_rows,
     iter_folders,
     open_results,
     plan_folder,
+    prepare_run,
     write_rows,
 )
 from wildid.errors import ClusterError, DataError, WildidError
@@ -346,20 +343,14 @@ def iter_batch_dask(
     dashboard link.  ``files_per_task`` (rounded up to whole batches) overrides the slice size.
     ``regions`` (MegaDetector boxes, background crops) is sent to each worker once.
     """
-    root = Path(os.path.abspath(Path(root).expanduser()))
-    out = Path(os.path.abspath(Path(out).expanduser()))
     if batch_size < 1:
         raise DataError("--batch-size must be at least 1")
-    card = predictor.card
-    threshold = defaults.accept_threshold(card) if threshold is None else float(threshold)
-    exclude = [out, out.with_name(out.stem + ".reviewed.csv"), *exclude]
     # As in-process: everything that can refuse the run is checked before the cluster is asked
     # and before anything is written; the results file is started with the first rows.
-    done, fresh = check_results(out, resume=resume, overwrite=overwrite, model=card.name)
-    total, already = count_files(root, recursive, exclude, done)
-    if total == 0:
-        raise DataError(_no_files_message(root, recursive, exclude))
-    _check_writable(out)
+    run = prepare_run(root, out, predictor.card, recursive=recursive, resume=resume, overwrite=overwrite,
+                      threshold=threshold, exclude=exclude)
+    root, out, threshold, exclude, done, fresh = run.root, run.out, run.threshold, run.exclude, run.done, run.fresh
+    total, already = run.total, run.already
     connection = None
     if isinstance(target, str):
         connection = Connection(target, connect_timeout, dashboard)
