@@ -257,9 +257,11 @@ def test_worker_that_cannot_read_the_images_is_one_line(models_root, tmp_path):
 def test_cli_dask_local_end_to_end_then_stop_and_resume(models_root, tmp_path):
     """`wildid batch --dask local:2`: the dashboard line and progress, Ctrl-C mid-run, --resume."""
     root = tmp_path / "frames"
-    files = make_cameras(root, per_camera=10, cameras=2)
+    files = make_cameras(root, per_camera=15, cameras=2)
     out = tmp_path / "results.csv"
-    env = dict(os.environ, WILDID_MODELS=str(models_root), WILDID_BATCH_DELAY="0.3", PYTHONPATH=str(PROJECT_ROOT))
+    # The delay slows each task on the workers and each write on the client, so Ctrl-C lands mid-run
+    # even when this test process gets the CPU late (a busy machine once finished all 23 files first).
+    env = dict(os.environ, WILDID_MODELS=str(models_root), WILDID_BATCH_DELAY="0.5", PYTHONPATH=str(PROJECT_ROOT))
     cmd = [sys.executable, "-m", "wildid.cli", "batch", str(root), "--model", "tiny", "--out", str(out), "-r",
            "--batch-size", "2", "--dask", "local:2"]
     proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

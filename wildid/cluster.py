@@ -391,6 +391,7 @@ def iter_batch_dask(
         from distributed import as_completed
 
         synced = 0
+        delay = float(os.environ.get(DELAY_ENV, "0") or 0)
         state = {"done": already, "processed": 0}
         started = time.perf_counter()
         yield ClusterProgress(already, total, 0, 0.0, [], dashboard=link, workers=workers)
@@ -414,6 +415,8 @@ def iter_batch_dask(
             rows = [row for row in _result(future) if row["path"] not in done]
             futures.remove(future)
             if rows:
+                if delay:  # test hook, as in-process: a pause before each write, to interrupt a run mid-way
+                    time.sleep(delay)
                 if handle is None:  # the first rows are ready: only now is the file started
                     handle = open_results(out, fresh)
                     synced = os.fstat(handle.fileno()).st_size
