@@ -415,8 +415,8 @@ def iter_batch_dask(
             rows = [row for row in _result(future) if row["path"] not in done]
             futures.remove(future)
             if rows:
-                if delay:  # test hook, as in-process: a pause before each write, to interrupt a run mid-way
-                    time.sleep(delay)
+                if delay:  # test hook, as in-process: a pause per batch written, to interrupt a run mid-way
+                    time.sleep(delay * math.ceil(len(rows) / batch_size))
                 if handle is None:  # the first rows are ready: only now is the file started
                     handle = open_results(out, fresh)
                     synced = os.fstat(handle.fileno()).st_size
