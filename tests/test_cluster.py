@@ -264,7 +264,10 @@ def test_cli_dask_local_end_to_end_then_stop_and_resume(models_root, tmp_path):
     env = dict(os.environ, WILDID_MODELS=str(models_root), WILDID_BATCH_DELAY="0.5", PYTHONPATH=str(PROJECT_ROOT))
     cmd = [sys.executable, "-m", "wildid.cli", "batch", str(root), "--model", "tiny", "--out", str(out), "-r",
            "--batch-size", "2", "--dask", "local:2"]
-    proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # A child inherits an ignored SIGINT (something earlier in a long pytest session may ignore it),
+    # and Python then never raises KeyboardInterrupt: give the CLI the default a terminal gives.
+    proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 600  # a loaded 2-core machine takes minutes to start 2 worker processes
     while not out.exists() or out.read_bytes().count(b"\n") < 3:
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
