@@ -99,6 +99,12 @@ def _plain(text) -> str:
 
 
 def show_verdict(prediction) -> None:
+    if prediction.out_of_scope and prediction.excluded_as:
+        st.warning(
+            f"Not something this model was trained on: this looks like {ui.md(prediction.excluded_as)}, which "
+            f"“{ui.md(prediction.card.display_title)}” was not trained on, so it gives no species answer."
+        )
+        return
     if prediction.out_of_scope:
         st.warning(
             f"Not something this model was trained on: “{ui.md(prediction.card.display_title)}” does not "

@@ -242,6 +242,29 @@ def main() -> None:
               f"{int((shown & footprint).sum())} of {int(footprint.sum())} all; animal views kept "
               f"{int((result['values'][animal] >= result['threshold']).sum())} of {int(animal.sum())}")
 
+    # Footprints the energy score lets through: a kNN bank of footprint features beside the model
+    # (wildid.scope exclusions).  Bank: footprint train split; threshold: footprint valid split
+    # (excluded at 95%) against the animal views (kept); figures on the footprint test split.
+    bank = scope.FeatureStats.fit("knn", feats[groups == "footprint-train"])
+    like_footprints = bank.score(feats)
+    exclude_threshold = scope.calibrate_threshold(like_footprints[groups == "footprint-valid"],
+                                                  like_footprints[animal])
+    excluded = like_footprints >= exclude_threshold
+    test_only = groups == "footprint-test"
+    energy = general["energy"]
+    shown_energy = confident & (energy["values"] >= energy["threshold"])
+    print(f"\nfootprint exclusion (kNN to {int((groups == 'footprint-train').sum())} train-split footprints, "
+          f"threshold {exclude_threshold:.3f} from the valid split vs the animal views):")
+    print(f"  AUROC footprint test split vs animal views: "
+          f"{scope.auroc(like_footprints[test_only], like_footprints[animal]):.3f}")
+    print(f"  test-split footprints excluded: {int((excluded & test_only).sum())} of {int(test_only.sum())}; "
+          f"animal views excluded: {int((excluded & animal).sum())} of {int(animal.sum())}; "
+          f"objects {int((excluded & (groups == 'object')).sum())} of {int((groups == 'object').sum())}, "
+          f"NIR {int((excluded & nir).sum())} of {int(nir.sum())}")
+    print(f"  test-split footprints still shown as a confident answer: energy alone "
+          f"{int((shown_energy & test_only).sum())}, energy + exclusion {int((shown_energy & ~excluded & test_only).sum())} "
+          f"of {int(test_only.sum())}")
+
     # --- track model --------------------------------------------------------------------------------------
     track_model, track_card, track_note = tracks_model(items)
     t_logits, t_feats = forward_all(track_model, track_card, items)
@@ -268,6 +291,7 @@ def main() -> None:
         chosen = general["energy"]
         general_card = find_card("general-animals")
         general_card = general_card.replace(scope={
+            **({"exclude": general_card.scope_exclusion} if general_card.scope_exclusion else {}),
             "score": "energy", "threshold": round(float(chosen["threshold"]), 4),
             "in_scope_recall": scope.IN_SCOPE_RECALL,
             "calibration": (f"{int(animal.sum())} views of 1 real animal photo in scope; "
@@ -277,6 +301,19 @@ def main() -> None:
         })
         general_card.save(general_card.folder, classes_file=True)
         print(f"wrote the energy scope (threshold {chosen['threshold']:.3f}) into {general_card.folder}/card.toml")
+        from wildid.registry import load_predictor
+
+        # The exclusion through the predictor itself, so the bank holds exactly the runtime features.
+        written = scope.calibrate_exclusion(
+            load_predictor(general_card.folder, backend="torch"), "footprints",
+            fit_images=[it.image for it in items if it.group == "footprint-train"],
+            calib_excluded=[it.image for it in items if it.group == "footprint-valid"],
+            calib_kept=[it.image for it in items if it.group == "animal"], suggest_task="tracks",
+            measured_by=f"bench/scope.py: footprint test split excluded "
+                        f"{int((excluded & test_only).sum())} of {int(test_only.sum())}, animal views kept "
+                        f"{int((~excluded & animal).sum())} of {int(animal.sum())}")
+        print(f"wrote the footprint exclusion (threshold {written.scope_exclusion['threshold']:.3f}) into "
+              f"{general_card.folder}")
         if track_card.folder is not None and track_note == "models/tracks-families":
             from wildid.registry import load_predictor
 

@@ -317,3 +317,32 @@ def test_batch_page_runs_on_a_dask_scheduler(models_root, tmp_path, monkeypatch,
     [c for c in at.checkbox if c.label.startswith("Resume")][0].uncheck()
     at.button[0].click().run()
     assert not at.exception and any("no Dask scheduler answers" in e.value for e in at.error)
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_model_shipment_carries_the_scope_statistics(models_root, tmp_path, backend):
+    """A worker that cannot see the model folder still gets the scope check (kNN statistics and
+    an exclusion bank travel with the weights) and scores like the client."""
+    import shutil
+
+    from tests.imagegen import noise_image
+    from tests.test_scope import SCOPED, make_excluding_model
+    from wildid import scope
+    from wildid.registry import clear_cache
+
+    card = make_excluding_model(models_root)
+    card = scope.calibrate_model(load_predictor(SCOPED), "knn", [class_image("bright", 41)],
+                                 fit_images=[class_image(style, seed) for style in CLASS_STYLES.values()
+                                             for seed in range(6)])
+    clear_cache()
+    client_side = load_predictor(SCOPED, backend=backend)
+    images = [class_image("striped", 900), noise_image(901)]
+    expected = client_side.predict(images)
+    shipment = cluster.ModelShipment.from_predictor(client_side)
+    assert {scope.SCOPE_FILE, card.scope_exclusion["file"]} <= set(shipment.files)
+    shipment.setup()
+    shipment._folder = tmp_path / "worker"
+    shutil.rmtree(models_root / SCOPED)  # the worker's machine has no copy of the model folder
+    got = shipment.predictor().predict(images)
+    assert [p.scope_score for p in got] == pytest.approx([p.scope_score for p in expected], abs=1e-5)
+    assert [p.excluded_as for p in got] == [p.excluded_as for p in expected] == ["", "noise"]

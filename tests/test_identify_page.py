@@ -262,7 +262,10 @@ def test_out_of_scope_photo_gets_no_answer_and_a_better_model_is_offered(models_
     at.button(key="identify_switch_model").click().run()
     assert not at.exception
     assert at.session_state["model_name"] == "general-animals"
-    assert texts(at.success)[0].split(" (")[0] in {"tabby", "tiger cat", "Egyptian cat", "Persian cat"}
+    # The general model splits the cat over tabby, tiger cat and Egyptian cat; none reaches its 70%
+    # threshold, the species they share does.
+    assert not at.success
+    assert any(unescaped(text).startswith("Species: domestic cat (Felis catus), 9") for text in texts(at.info))
 
 
 # --- answers above species rank (taxonomic roll-up) ------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from PIL import Image
 from tests.imagegen import CLASS_STYLES, class_image, nir_frame, noise_image
 from wildid import scope
 from wildid.cards import load_card
-from wildid.errors import WildidError
+from wildid.errors import CardError, WildidError
 from wildid.registry import clear_cache, load_predictor
 
 SCOPED = "tiny-scoped"
@@ -183,3 +184,58 @@ def test_calibrate_scope_command_then_predict_reports_the_state(models_root, tmp
     assert [r["state"] for r in rows] == ["out_of_scope", "confident"]
     assert main(["predict", str(cat), "--model", "tiny"]) == 0
     assert "(out of scope: not something this model was trained on)" in capsys.readouterr().out
+
+
+# --- exclusions: a kind of image a model mistakes for its own --------------------------------------------------------
+def make_excluding_model(models_root):
+    """The scoped tiny model, told that noise pictures are not its kind (its bank: generated noise)."""
+    make_scoped_model(models_root, kind="energy")
+    clear_cache()
+    predictor = load_predictor(SCOPED)
+    return scope.calibrate_exclusion(
+        predictor, "noise", fit_images=[noise_image(seed) for seed in range(12)],
+        calib_excluded=[noise_image(seed) for seed in range(20, 26)],
+        calib_kept=[class_image(style, seed) for style in CLASS_STYLES.values() for seed in range(40, 44)],
+        suggest_task="static", measured_by="test fixture")
+
+
+def test_exclusion_marks_its_kind_out_of_scope_and_keeps_the_rest(models_root):
+    card = make_excluding_model(models_root)
+    exclusion = card.scope_exclusion
+    assert exclusion["name"] == "noise" and exclusion["suggest_task"] == "static"
+    assert (models_root / SCOPED / exclusion["file"]).is_file()
+    assert card.scope["score"] == "energy"  # the model's own score stays as it was
+    clear_cache()
+    images = [class_image(style, 600 + k) for k, style in enumerate(CLASS_STYLES.values())]
+    images += [noise_image(seed) for seed in (700, 701)]
+    for backend in ("torch", "onnx"):
+        predictions = load_predictor(SCOPED, backend=backend).predict(images)
+        assert [p.excluded_as for p in predictions] == [""] * 3 + ["noise"] * 2, backend
+        assert [p.state for p in predictions[3:]] == ["out_of_scope"] * 2
+        assert predictions[3].to_dict()["excluded_as"] == "noise" and not predictions[3].taxon
+
+
+def test_recalibrating_the_score_keeps_the_exclusion(models_root):
+    card = make_excluding_model(models_root)
+    clear_cache()
+    again = scope.calibrate_model(load_predictor(SCOPED), "msp", [class_image("bright", 41)])
+    assert again.scope["score"] == "msp" and again.scope_exclusion == card.scope_exclusion
+
+
+def test_card_rejects_an_exclusion_without_threshold(models_root):
+    card = make_excluding_model(models_root)
+    broken = dict(card.scope, exclude={k: v for k, v in card.scope_exclusion.items() if k != "threshold"})
+    with pytest.raises(CardError, match="scope.exclude needs a numeric threshold"):
+        card.replace(scope=broken)
+
+
+def test_the_shipped_general_model_excludes_a_held_out_footprint_photo():
+    """A real cat-family footprint from the test split of shared/data/tracks-families (never in the bank)
+    is out of scope as footprints for the general model, by both back ends; the real cat photo is not."""
+    clear_cache()
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    images = [examples / "track_photo_felid.jpg", examples / "chelsea_cat.jpg"]
+    for backend in ("torch", "onnx"):
+        footprint, cat = load_predictor("general-animals", backend=backend).predict(images)
+        assert footprint.excluded_as == "footprints" and footprint.state == "out_of_scope", backend
+        assert not cat.out_of_scope and cat.taxon == "Felis catus", (backend, cat.state, cat.taxon)

@@ -100,6 +100,12 @@ class ModelCard:
                 problems.append(f"scope score {self.scope.get('score')!r} is not one of {', '.join(SCORES)}")
             if not isinstance(self.scope.get("threshold"), (int, float)) or isinstance(self.scope.get("threshold"), bool):
                 problems.append("scope needs a numeric threshold")
+            exclude = self.scope.get("exclude")
+            if exclude is not None:
+                if not isinstance(exclude, dict) or not exclude.get("name") or not exclude.get("file"):
+                    problems.append("scope.exclude needs a name and a statistics file")
+                elif not isinstance(exclude.get("threshold"), (int, float)) or isinstance(exclude.get("threshold"), bool):
+                    problems.append("scope.exclude needs a numeric threshold")
         if not (isinstance(self.temperature, (int, float)) and 0 < self.temperature < 1e3):
             problems.append(f"temperature must be a positive number, got {self.temperature!r}")
         from wildid.views import VIEW_NAMES, needs_square
@@ -153,6 +159,25 @@ class ModelCard:
         """Training-feature statistics beside the weights (feature scores only)."""
         name = self.scope.get("file") if self.scope else None
         return self.folder / name if name and self.folder is not None else None
+
+    @property
+    def scope_exclusion(self) -> dict[str, Any] | None:
+        """A kind of image this model is known to mistake for its own (``[scope.exclude]``: name,
+        statistics file, threshold, the task of the models that do know it), or None."""
+        exclude = self.scope.get("exclude") if self.scope else None
+        return exclude if isinstance(exclude, dict) and exclude.get("file") else None
+
+    @property
+    def scope_exclusion_path(self) -> Path | None:
+        exclude = self.scope_exclusion
+        return self.folder / exclude["file"] if exclude and self.folder is not None else None
+
+    @property
+    def needs_features(self) -> bool:
+        """The scope check reads pooled features (a feature score, or an exclusion bank)."""
+        from wildid.scope import FEATURE_SCORES
+
+        return self.kind == "classifier" and (self.scope_kind in FEATURE_SCORES or self.scope_exclusion is not None)
 
     @property
     def display_title(self) -> str:

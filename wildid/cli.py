@@ -119,6 +119,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     def describe(row: dict) -> str:
         flag = {"out_of_scope": "  (out of scope: not something this model was trained on)",
                 "uncertain": "  (uncertain)"}.get(row["state"], "")
+        if row.get("excluded_as"):
+            flag = f"  (out of scope: looks like {row['excluded_as']}, which this model was not trained on)"
         candidates = ", ".join(f"{c['label']} {c['score']:.3f}" for c in row["top_k"][1:])
         head = f"{row['label']} {row['confidence']:.3f}{flag}"
         if row["rolled_up"]:

@@ -175,6 +175,10 @@ class ModelShipment(WorkerPlugin):
             files = {card.weights: card.weights_path.read_bytes()}
         else:
             raise ClusterError(f"model {card.name!r} has no weights file to send to the Dask workers")
+        # The scope check's statistics travel with the weights: a worker may not see the model folder.
+        for path in (card.scope_path, card.scope_exclusion_path):
+            if path is not None and path.is_file():
+                files[path.name] = path.read_bytes()
         import torch
 
         return cls(card, predictor.backend, files, trust, os.getpid(), torch.get_num_threads())
@@ -207,9 +211,9 @@ class ModelShipment(WorkerPlugin):
             # ONNX Runtime gives the same numbers for any thread count and batch size
             # (measured), so it runs single-threaded: one Dask thread per core, no oversubscription.
             torch.set_num_threads(self.torch_threads if self.backend == "torch" else 1)
-        if self.backend == "onnx":
-            return OnnxPredictor(self.card, self._folder / "model.onnx", threads=1)
         card = self.card.replace(folder=self._folder)
+        if self.backend == "onnx":
+            return OnnxPredictor(card, self._folder / "model.onnx", threads=1)
         return TorchPredictor(card, build_network(card, trust=self.trust))
 
     def teardown(self, worker=None) -> None:

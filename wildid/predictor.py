@@ -59,10 +59,15 @@ class Prediction:
     taxon: str = ""
     taxon_confidence: float = 0.0
     closest: tuple[str, ...] = ()
+    # The card's excluded kind of image this one looks like (e.g. "footprints"), or "".
+    excluded_as: str = ""
 
     @property
     def out_of_scope(self) -> bool:
-        """Below the card's scope threshold: not something this model was trained on."""
+        """Below the card's scope threshold, or like a kind of image the card excludes: not
+        something this model was trained on."""
+        if self.excluded_as:
+            return True
         threshold = self.card.scope_threshold
         return self.scope_score is not None and threshold is not None and self.scope_score < threshold
 
@@ -97,6 +102,7 @@ class Prediction:
             "uncertain": self.uncertain,
             "state": self.state,
             "scope_score": None if self.scope_score is None else round(self.scope_score, 6),
+            "excluded_as": self.excluded_as,
             "top_k": [{"label": label, "score": round(score, 6)} for label, score in self.top_k],
             "model": self.model,
             "model_version": self.card.version,
@@ -193,6 +199,7 @@ class BasePredictor:
         self.transform = build_transform(card)
         self.draft_size = draft_size_for(card)
         self.scope_stats = scope.load_stats(card)
+        self.exclusion_stats = scope.load_exclusion(card)
         self.rollup = RollUp.for_card(card)
 
     # --- preprocess ------------------------------------------------------------------
@@ -251,7 +258,12 @@ class BasePredictor:
             return None
         return scope.scores(kind, logits, features, self.scope_stats)
 
-    def postprocess(self, probs: np.ndarray, top_k: int = 5, scope_scores: np.ndarray | None = None) -> list[Prediction]:
+    def scope_exclusions(self, features: np.ndarray | None) -> np.ndarray | None:
+        """Per row: the image looks like the card's excluded kind (None when the card has no exclusion)."""
+        return scope.excluded(self.card, self.exclusion_stats, features)
+
+    def postprocess(self, probs: np.ndarray, top_k: int = 5, scope_scores: np.ndarray | None = None,
+                    exclusions: np.ndarray | None = None) -> list[Prediction]:
         k = max(1, min(top_k, probs.shape[1]))
         order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
         # Every back end, page and command passes through here: the one place that rolls up.
@@ -261,17 +273,19 @@ class BasePredictor:
         for n, (row, idx, answer) in enumerate(zip(probs, order, answers)):
             ranked = tuple((self.card.classes[i], float(row[i])) for i in idx)
             score = None if scope_scores is None else float(scope_scores[n])
-            if score is not None and scope_threshold is not None and score < scope_threshold:
+            excluded_as = self.card.scope_exclusion["name"] if exclusions is not None and exclusions[n] else ""
+            if excluded_as or (score is not None and scope_threshold is not None and score < scope_threshold):
                 answer = type(answer)()  # out of scope: no answer at any rank
             out.append(Prediction(ranked[0][0], ranked[0][1], ranked, self.card.name, self.card, scope_score=score,
                                   rank=answer.rank, taxon=answer.taxon, taxon_confidence=answer.confidence,
-                                  closest=answer.closest))
+                                  closest=answer.closest, excluded_as=excluded_as))
         return out
 
     def predict_batch(self, batch: torch.Tensor, top_k: int = 5) -> list[Prediction]:
         """Predictions for preprocessed tensors: one forward, probabilities and scope scores."""
         logits, features = self.forward(batch)
-        return self.postprocess(self.probabilities(logits), top_k, self.scope_scores(logits, features))
+        return self.postprocess(self.probabilities(logits), top_k, self.scope_scores(logits, features),
+                                self.scope_exclusions(features))
 
     def predict(self, images: Sequence[ImageSource] | ImageSource, top_k: int = 5) -> list[Prediction]:
         if isinstance(images, (str, os.PathLike, bytes, Image.Image)):
@@ -299,7 +313,7 @@ class TorchPredictor(BasePredictor):
         return out.float().cpu().numpy()
 
     def raw_forward(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
-        if self.card.scope_kind not in scope.FEATURE_SCORES:
+        if not self.card.needs_features:
             return self.logits(batch), None
         with torch.inference_mode():
             logits, features = pooled_features_and_logits(self.model, batch.to(self.device, dtype=torch.float32))
@@ -331,7 +345,7 @@ class OnnxPredictor(BasePredictor):
 
     def raw_forward(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
         outputs = self._run(batch)
-        features = outputs[1] if len(outputs) > 1 and self.card.scope_kind in scope.FEATURE_SCORES else None
+        features = outputs[1] if len(outputs) > 1 and self.card.needs_features else None
         return outputs[0], features
 
 
@@ -346,7 +360,7 @@ def export_onnx(model: nn.Module, card: ModelCard, path: Path | str, opset: int 
     model = model.cpu().eval()
     example = torch.zeros((1, *card.input_size), dtype=torch.float32)
     outputs = ["logits"]
-    if card.kind == "classifier" and card.scope_kind in scope.FEATURE_SCORES:
+    if card.needs_features:
         with torch.inference_mode():
             if pooled_features_and_logits(model, example)[1] is not None:
                 model, outputs = _LogitsAndFeatures(model), ["logits", "features"]

@@ -25,6 +25,13 @@ Which score a model uses is measured (``bench/scope.py``), not assumed.
 The threshold is the score that keeps ``IN_SCOPE_RECALL`` of held-out in-scope images
 (the usual "95% TPR" operating point); when held-out out-of-scope images are also given
 and the score separates them cleanly, the threshold moves up into the gap between the two.
+
+*Exclusions* (``[scope.exclude]``): a kind of image a model is known to take for its own.
+The general ImageNet model scores some footprint photos as high as real animals (their mud
+and sand look like a beetle or a crab to it), so the energy score alone lets a few through.
+A bank of footprint features (kNN, as above) beside the model catches them: an image whose
+k-th nearest footprint is closer than the calibrated threshold is out of scope, "looks like
+footprints", and the models trained on them (``suggest_task``) are the ones to ask.
 """
 
 from __future__ import annotations
@@ -147,6 +154,66 @@ def load_stats(card) -> FeatureStats | None:
     return FeatureStats.load(path)
 
 
+def load_exclusion(card) -> FeatureStats | None:
+    """The feature bank of the card's ``[scope.exclude]`` (a kind of image it mistakes for its own), or None."""
+    path = card.scope_exclusion_path
+    if path is None:
+        return None
+    stats = FeatureStats.load(path)
+    if stats.kind != "knn":
+        raise WildidError(f"{path.name}: an exclusion needs knn statistics, found {stats.kind}")
+    return stats
+
+
+def excluded(card, stats: FeatureStats | None, features: np.ndarray | None) -> np.ndarray | None:
+    """Per row: does the image look like the card's excluded kind (its kNN score at or above the threshold)?"""
+    exclusion = card.scope_exclusion
+    if exclusion is None or stats is None:
+        return None
+    if features is None:
+        raise WildidError(f"model {card.name!r}: its scope exclusion needs pooled features, which this back end "
+                          f"did not return")
+    return stats.score(features) >= float(exclusion["threshold"])
+
+
+def calibrate_exclusion(predictor, name: str, fit_images: Sequence = (), calib_excluded: Sequence = (),
+                        calib_kept: Sequence = (), suggest_task: str = "", measured_by: str = "",
+                        fit_features: np.ndarray | None = None) -> Any:
+    """Give ``predictor``'s model an exclusion (``name``: what the images are, e.g. "footprints").
+
+    ``fit_images`` (or their pooled ``fit_features``) form the kNN bank; the threshold comes
+    from held-out images of the excluded kind (``calib_excluded``, kept at ``IN_SCOPE_RECALL``)
+    and, when given, held-out images the model does know (``calib_kept``): when the two are
+    cleanly apart the threshold sits in the middle of the gap (``calibrate_threshold``).
+    Writes the bank beside the weights and the entry into the card; returns the updated card.
+    """
+    card = predictor.card
+    if card.folder is None or card.scope_kind is None:
+        raise WildidError(f"model {card.name!r} needs a folder and a scope calibration before an exclusion")
+    if fit_features is None:
+        _, fit_features = logits_and_features(predictor, list(fit_images))
+    if fit_features is None or not len(fit_features):
+        raise WildidError("an exclusion needs images of the excluded kind and a torch model with pooled features")
+    stats = FeatureStats.fit("knn", fit_features)
+    values = {}
+    for key, images in (("excluded", calib_excluded), ("kept", calib_kept)):
+        features = logits_and_features(predictor, list(images))[1] if len(images) else np.zeros((0, 1))
+        values[key] = stats.score(features) if len(images) else np.zeros(0)
+    threshold = calibrate_threshold(values["excluded"], values["kept"])
+    file = f"exclude-{name}.safetensors"
+    stats.save(card.folder / file)
+    entry: dict[str, Any] = {
+        "name": name, "file": file, "threshold": round(float(threshold), 6), "suggest_task": suggest_task,
+        "calibration": f"{len(fit_features)} {name} in the bank; {len(values['excluded'])} held-out {name} "
+                       f"(kept at {IN_SCOPE_RECALL:.0%}), {len(values['kept'])} held-out images in scope",
+    }
+    if measured_by:
+        entry["measured_by"] = measured_by
+    updated = card.replace(scope={**card.scope, "exclude": entry})
+    updated.save(card.folder, classes_file=(card.folder / "classes.txt").is_file())
+    return updated
+
+
 def _l2(features: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(features, axis=1, keepdims=True)
     return features / np.maximum(norms, 1e-12)
@@ -222,6 +289,8 @@ def calibrate_model(predictor, kind: str, calib_in: Sequence, calib_out: Sequenc
     if stats is not None:
         stats.save(card.folder / SCOPE_FILE)
         entry["file"] = SCOPE_FILE
+    if card.scope_exclusion is not None:  # a recalibrated score keeps the model's exclusion
+        entry["exclude"] = card.scope_exclusion
     updated = card.replace(scope=entry)
     updated.save(card.folder, classes_file=(card.folder / "classes.txt").is_file())
     return updated

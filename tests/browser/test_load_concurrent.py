@@ -37,8 +37,11 @@ LABELS = list(CLASS_STYLES)  # gray fox, bobcat, coyote
 MODEL_TITLE = "Tiny test_resnet"
 WAVE2_GROWTH_LIMIT_MB = 150
 SINGLE_RUNS = 3
-# No session starves: the slowest of N concurrent sessions waits less than this many times what
-# the whole queue would take served one by one (N x the single-session latency).
+# No session starves: in each wave the slowest session waits less than this many times the wave's
+# median session.  (A queue served strictly one by one gives a max/median of about 2.)  The ratio
+# to one session alone is printed, not asserted: 20 Chromium renderers share the server's 2 cores,
+# so it measures the client's load as much as the server's (CI, 2026-12-04: wave 1 p50 20.5 s,
+# max 22.3 s against 0.32 s alone: 69x, yet max/median 1.09).
 STARVATION_LIMIT = 3.0
 
 # Runs in every page: poll the page text for a top-1 result line ("bobcat (80%)" or the
@@ -181,14 +184,17 @@ def test_twenty_concurrent_browser_sessions(browser, app_server, tmp_path):
         print(f"  {name} latency upload->result: p50 {np.percentile(arr, 50):.2f} s, "
               f"p95 {np.percentile(arr, 95):.2f} s, max {arr.max():.2f} s")
     print(f"  all    latency upload->result: p50 {p50:.2f} s, p95 {p95:.2f} s, max {worst:.2f} s")
+    print("  starvation, slowest / median session of its wave: "
+          + ", ".join(f"{name} {max(lat) / np.median(lat):.2f}" for name, lat in (("wave 1", lat1), ("wave 2", lat2)))
+          + f" (limit {STARVATION_LIMIT:.0f})")
     print(f"  latency ratio to one session alone ({SESSIONS} concurrent): p50 {p50 / single_s:.1f}x, "
           f"p95 {p95 / single_s:.1f}x, max {worst / single_s:.1f}x (20 sessions served strictly one after another: up to {SESSIONS}x)")
     print(f"  server RSS: before {rss_before:.0f} MB, after wave 1 {rss_wave1:.0f} MB "
           f"(+{rss_wave1 - rss_before:.0f}), after wave 2 {rss_wave2:.0f} MB (+{rss_wave2 - rss_wave1:.0f} over wave 1)")
 
     assert len(all_lat) == 2 * SESSIONS and (all_lat > 0).all()
-    # A fast single session (0.32 s on a quiet machine) makes the ratio noise: starvation is judged
-    # against at least one second per session, the scale of one page run.
-    assert worst / max(single_s, 1.0) < STARVATION_LIMIT * SESSIONS, (worst, single_s)
+    for name, lat in (("wave 1", lat1), ("wave 2", lat2)):
+        arr = np.array(lat)
+        assert arr.max() < STARVATION_LIMIT * np.median(arr), (name, sorted(lat))
     # Flat memory: a second wave of 20 sessions adds little over the first.
     assert rss_wave2 - rss_wave1 < WAVE2_GROWTH_LIMIT_MB, (rss_wave1, rss_wave2)

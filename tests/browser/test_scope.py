@@ -29,14 +29,15 @@ def tracks_model(browser_models_root):
 
 @pytest.fixture(scope="module")
 def footprint(tracks_model, tmp_path_factory):
-    """A held-out footprint (test split) that the track model calls in scope and the general model does not."""
+    """A held-out footprint (test split) that the track model calls in scope and the general model
+    excludes as footprints."""
     from wildid.registry import load_predictor
 
     general, tracks = load_predictor("general-animals"), load_predictor(tracks_model.folder)
     for row in split_rows("test"):
         path = TRACKS / row["path"]
         [g], [t] = general.predict([path]), tracks.predict([path])
-        if g.out_of_scope and not t.out_of_scope:
+        if g.excluded_as == "footprints" and not t.out_of_scope:
             target = tmp_path_factory.mktemp("footprint") / f"{row['label']}_track.jpg"
             shutil.copy(path, target)
             return target
@@ -51,6 +52,7 @@ def test_footprint_on_the_general_model_suggests_the_track_model(page, app_url, 
     page.locator('[data-testid="stFileUploader"] input[type="file"]').first.set_input_files(str(footprint))
     page.get_by_text("Not something this model was trained on").first.wait_for()
     wait_for_app(page)
+    assert page.get_by_text(re.compile("this looks like footprints, which")).count() == 1
     # No species answer: neither a green answer box nor a facts card.
     assert page.get_by_test_id("stAlertContentSuccess").count() == 0
     assert page.get_by_text("About this animal").count() == 0
