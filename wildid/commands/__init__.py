@@ -1,0 +1,1 @@
+"""The `wildid` commands, one module per job; wildid/cli.py builds the parser and runs them."""
