@@ -34,7 +34,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from wildid.registry import load_predictor  # noqa: E402
-from wildid.taxonomy import ROLLUP_RANKS, RollUp  # noqa: E402
+from wildid.taxonomy import ROLLUP_RANKS, RollUp, hiker_lineages  # noqa: E402
 
 FOOTPRINTS = Path("/work/shared/data/tracks-families")
 
@@ -129,7 +129,8 @@ def main() -> None:
 
     cats = [i for i, c in enumerate(card.classes) if rollup.own[i] is not None and rollup.own[i].name == "Felis catus"]
     keep = [i for i in range(len(card.classes)) if i not in cats]
-    without = RollUp([card.classes[i] for i in keep], rollup.taxonomy)
+    outside = hiker_lineages() if rollup.taxonomy.open_world else ()
+    without = RollUp([card.classes[i] for i in keep], rollup.taxonomy, outside)
     reduced = cat_probs[:, keep] / cat_probs[:, keep].sum(axis=1, keepdims=True)
     sets.append(("cat crops, no cat classes", without, reduced, {"Felidae", "Carnivora", "Mammalia"}))
 

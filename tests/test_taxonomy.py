@@ -312,6 +312,53 @@ def test_chance_correction_keeps_big_taxa_from_winning_flat_predictions():
     assert answer(probs(f1=0.45, g1=0.45), 0.5).taxon == "Fdae"
 
 
+def test_open_world_skips_a_group_whose_parent_holds_an_animal_the_model_cannot_see():
+    """An elk photo on a model with ibex and gazelle (Bovidae) but no deer: its mass lands in
+    Bovidae, which is no answer when Artiodactyla also holds Cervidae, unseen by the model."""
+    lineages = {
+        "ibex": Lineage((("species", "Capra ibex"), ("genus", "Capra"), ("family", "Bovidae"),
+                         ("order", "Artiodactyla"), ("class", "Mammalia"))),
+        "gazelle": Lineage((("species", "Gazella gazella"), ("genus", "Gazella"), ("family", "Bovidae"),
+                            ("order", "Artiodactyla"), ("class", "Mammalia"))),
+        "wolf": Lineage((("species", "Canis lupus"), ("genus", "Canis"), ("family", "Canidae"),
+                         ("order", "Carnivora"), ("class", "Mammalia"))),
+        "heron": Lineage((("species", "Ardea alba"), ("genus", "Ardea"), ("family", "Ardeidae"),
+                          ("order", "Pelecaniformes"), ("class", "Aves"))),
+    }
+    elk = Lineage((("species", "Cervus canadensis"), ("genus", "Cervus"), ("family", "Cervidae"),
+                   ("order", "Artiodactyla"), ("class", "Mammalia")))
+    row = np.array([[0.5, 0.46, 0.02, 0.02]])
+    closed = RollUp(tuple(lineages), Taxonomy(lineages))
+    [result] = closed.answers(row, 0.7)
+    assert (result.rank, result.taxon) == ("family", "Bovidae")  # wrong for the elk
+    open_world = RollUp(tuple(lineages), Taxonomy(lineages), outside=[elk])
+    assert open_world.unseen == {"family": {"Artiodactyla"}}  # Cervus / Cervidae have no parent in the model
+    [result] = open_world.answers(row, 0.7)
+    assert (result.rank, result.taxon, result.rolled_up) == ("order", "Artiodactyla", True)
+    assert result.confidence == pytest.approx(0.96) and result.closest == ("ibex", "gazelle")
+    # A confident class still answers with its own species; other orders keep their families.
+    [sure, dog] = open_world.answers(np.array([[0.9, 0.05, 0.03, 0.02], [0.0, 0.0, 0.98, 0.02]]), 0.7)
+    assert (sure.rank, sure.taxon, sure.rolled_up) == ("species", "Capra ibex", False)
+    assert (dog.rank, dog.taxon) == ("species", "Canis lupus")
+
+
+def test_open_world_comes_from_the_taxonomy_file_and_the_hiker_species(tmp_path):
+    path = tmp_path / taxonomy.TAXONOMY_FILE
+    path.write_text('[rollup]\nopen_world = true\n\n[classes]\n'
+                    '"ibex" = { species = "Capra ibex", genus = "Capra", family = "Bovidae", order = "Artiodactyla", '
+                    'class = "Mammalia" }\n', encoding="utf-8")
+    assert load_taxonomy_file(path).open_world
+    path.write_text('[rollup]\nopen_world = "yes"\n', encoding="utf-8")
+    with pytest.raises(TaxonomyError, match="open_world = true or false"):
+        load_taxonomy_file(path)
+    hikers = {lineage.name for lineage in taxonomy.hiker_lineages()}
+    assert {"Cervus canadensis", "Alces alces", "Procyon lotor"} <= hikers  # species facts with a region
+    assert "Panthera leo" not in hikers  # no North American or European region
+    general = RollUp.for_card(load_card(MODELS / "general-animals"))
+    assert {"Artiodactyla", "Carnivora"} <= general.unseen["family"]  # deer; raccoon
+    assert all("Bovidae" not in taxa for rank, taxa, _, _ in general.levels if rank == "family")
+
+
 def test_a_taxon_holding_every_class_is_never_an_answer():
     lineages = {c: Lineage((("species", f"Aus {c}"), ("genus", "Aus"), ("family", "Adae"), ("order", "Aales"), ("class", "Mammalia")))
                 for c in ("p", "q", "r")}
@@ -459,7 +506,7 @@ def test_real_model_rolls_up_crops_of_an_animal_it_has_no_class_for():
     assert len(keep) == 393
     classes = tuple(predictor.card.classes[i] for i in keep)
     rows = probs[:, keep] / probs[:, keep].sum(axis=1, keepdims=True)
-    rollup = RollUp(classes, names)
+    rollup = RollUp(classes, names, taxonomy.hiker_lineages())  # the card's taxonomy says open_world
     threshold = predictor.card.threshold
     right = {"Felidae", "Carnivora", "Mammalia"}
     answers = rollup.answers(rows, threshold)

@@ -28,6 +28,16 @@ dog breeds make "domestic dog" 30% of a flat prediction, Carnivora 40%), so the 
 is scored as ``(p - s) / (1 - s)``: the part of the way from chance to certainty, as in
 Cohen's kappa.  For one class of many (``s`` near 0) this is the plain sum; a taxon holding
 every class (``s = 1``) is never an answer.  The probability reported is the plain sum.
+
+Open world (``[rollup] open_world = true`` in a model's ``taxonomy.toml``): photos of animals
+outside the model's classes are expected (the ImageNet model has no deer, elk or raccoon).
+Such a photo spreads its probability over the nearest classes the model has, all in a
+*sibling* taxon: an elk's over ibex, gazelle and impala (Bovidae), a raccoon's over the
+lesser panda and the bears.  So a group answer is not given at a rank where its parent holds
+a taxon a hiker may meet (species facts with a region in ``HIKER_REGIONS``) that none of the
+model's classes belongs to: "Bovidae" is not an answer, since Artiodactyla also holds the
+deer (Cervidae) the model cannot see; the walk goes on to Artiodactyla.  A top class at or
+above the threshold still answers with its own taxon.
 """
 
 from __future__ import annotations
@@ -149,6 +159,8 @@ class Taxonomy:
     names: Mapping[str, str] = field(default_factory=dict)
     source: str = ""
     not_taxa: frozenset[str] = frozenset()  # classes marked rank = "none": no animal
+    # [rollup] open_world: photos of animals outside the classes are expected (see the module docstring).
+    open_world: bool = False
 
     def lineage(self, label: str) -> Lineage | None:
         return self.lineages.get(label)
@@ -170,13 +182,16 @@ def load_taxonomy_file(path: Path | str) -> Taxonomy:
         raise TaxonomyError(f"{path}: not valid TOML ({err})") from None
     except OSError as err:
         raise TaxonomyError(f"{path}: cannot be read ({err.strerror or err})") from None
-    unknown = sorted(set(data) - {"classes", "names"})
+    unknown = sorted(set(data) - {"classes", "names", "rollup"})
     if unknown:
-        raise TaxonomyError(f"{path}: unknown table(s) {', '.join(unknown)}; allowed: classes, names")
+        raise TaxonomyError(f"{path}: unknown table(s) {', '.join(unknown)}; allowed: classes, names, rollup")
     classes = data.get("classes", {})
     names = data.get("names", {})
-    if not isinstance(classes, dict) or not isinstance(names, dict):
-        raise TaxonomyError(f"{path}: [classes] and [names] must be tables")
+    rollup = data.get("rollup", {})
+    if not isinstance(classes, dict) or not isinstance(names, dict) or not isinstance(rollup, dict):
+        raise TaxonomyError(f"{path}: [classes], [names] and [rollup] must be tables")
+    if set(rollup) - {"open_world"} or not isinstance(rollup.get("open_world", False), bool):
+        raise TaxonomyError(f"{path}: [rollup] takes one key, open_world = true or false")
     not_taxa = frozenset(str(label) for label, table in classes.items() if table == {"rank": NOT_A_TAXON})
     lineages = {str(label): parse_lineage(table, f"{path}: class {label!r}")
                 for label, table in classes.items() if str(label) not in not_taxa}
@@ -184,7 +199,8 @@ def load_taxonomy_file(path: Path | str) -> Taxonomy:
     for taxon, common in names.items():
         if not isinstance(common, str) or not common.strip():
             raise TaxonomyError(f"{path}: [names] {taxon!r} must be a non-empty string")
-    return Taxonomy(lineages, {str(k): " ".join(v.split()) for k, v in names.items()}, str(path), not_taxa)
+    return Taxonomy(lineages, {str(k): " ".join(v.split()) for k, v in names.items()}, str(path), not_taxa,
+                    bool(rollup.get("open_world", False)))
 
 
 def check_consistent(items: Iterable[tuple[str, Lineage]], where: str) -> None:
@@ -229,7 +245,7 @@ def _taxonomy_cached(path: str, mtime: int | None, classes: tuple[str, ...],
             info = _facts(aliases.get(label, label))
             if info is not None and info.taxonomy is not None:
                 lineages[label] = info.taxonomy
-    return Taxonomy(lineages, base.names, base.source or "species_info", base.not_taxa)
+    return Taxonomy(lineages, base.names, base.source or "species_info", base.not_taxa, base.open_world)
 
 
 def clear_cache() -> None:
@@ -266,11 +282,23 @@ class Answer:
 class RollUp:
     """Per-rank membership matrices for one class list, so a batch rolls up with one matrix product."""
 
-    def __init__(self, classes: Sequence[str], taxonomy: Taxonomy):
+    def __init__(self, classes: Sequence[str], taxonomy: Taxonomy, outside: Iterable[Lineage] = ()):
+        """``outside``: lineages of animals photos may show that are not among the classes; a
+        group whose parent also holds one of them at the group's rank is no answer (open world)."""
         self.classes = tuple(classes)
         self.taxonomy = taxonomy
         self.own = [taxonomy.lineage(label) for label in self.classes]
         n = len(self.classes)
+        known = {rank: {lineage.at(rank) for lineage in self.own if lineage is not None} - {None}
+                 for rank in ROLLUP_RANKS}
+        known_any = set().union(*known.values())
+        # rank -> taxa of the model that hold, at that rank, a taxon no class belongs to
+        self.unseen: dict[str, set[str]] = {}
+        for lineage in outside:
+            for rank in ROLLUP_RANKS[:-1]:
+                child, parent = lineage.at(rank), _parent(lineage, rank)
+                if child is not None and parent in known_any and child not in known[rank]:
+                    self.unseen.setdefault(rank, set()).add(parent)
         # (rank, taxa, membership matrix taxa x classes, each taxon's share of the classes)
         self.levels: list[tuple[str, list[str], np.ndarray, np.ndarray]] = []
         for rank in ROLLUP_RANKS:
@@ -279,8 +307,11 @@ class RollUp:
                 name = lineage.at(rank) if lineage is not None else None
                 if name is not None:
                     members.setdefault(name, []).append(index)
-            # A taxon holding every class is no answer (its sum is always 1).
-            taxa = [name for name, idx in members.items() if len(idx) < n]
+            # A taxon holding every class is no answer (its sum is always 1); neither is one with an
+            # unseen sibling (open world).
+            hidden = self.unseen.get(rank, set())
+            taxa = [name for name, idx in members.items()
+                    if len(idx) < n and _parent(self.own[idx[0]], rank) not in hidden]
             if not taxa:
                 continue
             matrix = np.zeros((len(taxa), n), dtype=np.float64)
@@ -290,7 +321,8 @@ class RollUp:
 
     @classmethod
     def for_card(cls, card) -> "RollUp":
-        return cls(card.classes, taxonomy_for(card))
+        taxonomy = taxonomy_for(card)
+        return cls(card.classes, taxonomy, hiker_lineages() if taxonomy.open_world else ())
 
     def answers(self, probs: np.ndarray, threshold: float) -> list[Answer]:
         probs = np.asarray(probs, dtype=np.float64)
@@ -323,6 +355,26 @@ class RollUp:
                 s = float(share[taxa.index(taxon)])
                 return s + (1.0 - s) * threshold
         return None
+
+
+def _parent(lineage: Lineage | None, rank: str) -> str | None:
+    """The taxon above ``rank`` in ``lineage`` (the next roll-up rank it names), or None."""
+    if lineage is None:
+        return None
+    above = ROLLUP_RANKS[ROLLUP_RANKS.index(rank) + 1:]
+    return next((lineage.at(r) for r in above if lineage.at(r) is not None), None)
+
+
+def hiker_lineages(regions: Sequence[str] = HIKER_REGIONS) -> tuple[Lineage, ...]:
+    """Lineages of the species-facts entries a hiker of ``regions`` may meet (species rank)."""
+    from wildid.species import load_species
+
+    try:
+        entries = load_species().values()
+    except WildidError:
+        return ()
+    return tuple(info.taxonomy for info in entries
+                 if info.taxonomy is not None and info.taxonomy.rank == "species" and set(info.regions) & set(regions))
 
 
 # --- members and facts at every rank ------------------------------------------------------------------
