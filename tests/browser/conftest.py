@@ -256,10 +256,17 @@ def choose_option(page, box, text: str, what: str) -> None:
     from playwright.sync_api import expect
 
     wanted = re.compile(re.escape(text))
+    option = page.get_by_role("option").filter(has_text=text).first
     for _ in range(5):
         wait_for_app(page)
         box.click()
         box.fill(text)  # the option list is virtualised: filter it first
+        try:
+            # Enter only once the option is listed: inside a form, an Enter with no open list submits
+            # the form (a busy-core run trained with the old weights choice that way).
+            option.wait_for(timeout=scaled(5_000))
+        except PlaywrightError:
+            continue
         page.keyboard.press("Enter")
         try:
             expect(box).to_have_value(wanted, timeout=scaled(5_000))

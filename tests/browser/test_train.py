@@ -1,5 +1,7 @@
 """Browser: train a tiny linear model on a generated image folder, watch the curves, see it saved."""
 
+import re
+
 import pytest
 from playwright.sync_api import expect
 
@@ -29,9 +31,12 @@ def test_train_tiny_linear_model(page, app_url, browser_workdir, browser_models_
     page.get_by_label("Epochs (0 = default for the mode)").fill("30")
     page.get_by_text("Advanced").click()
     page.get_by_label("Any timm architecture (overrides the choice above)").fill("test_resnet")
-    choose_option(page, page.get_by_role("combobox", name="Pretrained weights"), "none (random init",
-                  "Pretrained weights")
-    page.get_by_text("Advanced").click()  # fold it again for a tidy screenshot
+    weights = page.get_by_role("combobox", name="Pretrained weights")
+    choose_option(page, weights, "none (random init", "Pretrained weights")
+    wait_for_app(page)
+    # A rerun that lands between choosing and submitting resets the form's unsent choices: the
+    # button is pressed only with the choice still in place.
+    expect(weights).to_have_value(re.compile("none"), timeout=scaled(5_000))
     page.get_by_role("button", name="Train").click()
 
     page.get_by_text("Saved model browser-trained").wait_for(timeout=scaled(180_000))
