@@ -92,15 +92,9 @@ def tail_features(tail: nn.Module, acts: np.ndarray, batch: int = 64) -> np.ndar
 
 def view_logits(tail: nn.Module, head: nn.Linear, acts: np.ndarray, batch: int = 64) -> np.ndarray:
     """Logits averaged over the 8 cached views."""
-    tail.eval()
-    out = []
+    features = tail_features(tail, acts, batch)  # [N, 8, D]
     with torch.inference_mode():
-        for start in range(0, len(acts), batch):
-            chunk = torch.from_numpy(acts[start:start + batch].astype(np.float32))
-            n, v = chunk.shape[:2]
-            logits = head(tail(chunk.reshape(n * v, *chunk.shape[2:])).flatten(1))
-            out.append(logits.reshape(n, v, -1).mean(1).numpy())
-    return np.concatenate(out)
+        return head(torch.from_numpy(features)).mean(1).numpy()
 
 
 def freeze_bn(module: nn.Module) -> None:
