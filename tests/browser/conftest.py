@@ -263,7 +263,7 @@ def choose_option(page, box, text: str, what: str) -> None:
         box.fill(text)  # the option list is virtualised: filter it first
         try:
             # Enter only once the option is listed: inside a form, an Enter with no open list submits
-            # the form (a busy-core run trained with the old weights choice that way).
+            # the form (the likely cause of a busy-core run submitting the old weights choice).
             option.wait_for(timeout=scaled(5_000))
         except PlaywrightError:
             continue
