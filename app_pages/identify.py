@@ -99,18 +99,14 @@ def _plain(text) -> str:
 
 
 def show_verdict(prediction) -> None:
-    if prediction.out_of_scope and prediction.excluded_as:
-        st.warning(
-            f"Not something this model was trained on: this looks like {ui.md(prediction.excluded_as)}, which "
-            f"“{ui.md(prediction.card.display_title)}” was not trained on, so it gives no species answer."
-        )
-        return
     if prediction.out_of_scope:
-        st.warning(
-            f"Not something this model was trained on: “{ui.md(prediction.card.display_title)}” does not "
-            f"recognise this kind of image (scope score {prediction.scope_score:.2f}, below its "
-            f"{prediction.card.scope_threshold:.2f}), so it gives no species answer."
-        )
+        title = ui.md(prediction.card.display_title)
+        if prediction.excluded_as:  # a kind of image the card names as one it mistakes for its own
+            reason = f"this looks like {ui.md(prediction.excluded_as)}, which “{title}” was not trained on"
+        else:
+            reason = (f"“{title}” does not recognise this kind of image (scope score {prediction.scope_score:.2f}, "
+                      f"below its {prediction.card.scope_threshold:.2f})")
+        st.warning(f"Not something this model was trained on: {reason}, so it gives no species answer.")
         return
     if prediction.rolled_up:
         names = taxonomy.taxonomy_for(prediction.card)

@@ -173,6 +173,11 @@ class ModelCard:
         return self.folder / exclude["file"] if exclude and self.folder is not None else None
 
     @property
+    def scope_files(self) -> list[Path]:
+        """The scope check's statistics files beside the weights that exist (they travel and count with them)."""
+        return [p for p in (self.scope_path, self.scope_exclusion_path) if p is not None and p.is_file()]
+
+    @property
     def needs_features(self) -> bool:
         """The scope check reads pooled features (a feature score, or an exclusion bank)."""
         from wildid.scope import FEATURE_SCORES

@@ -176,9 +176,7 @@ class ModelShipment(WorkerPlugin):
         else:
             raise ClusterError(f"model {card.name!r} has no weights file to send to the Dask workers")
         # The scope check's statistics travel with the weights: a worker may not see the model folder.
-        for path in (card.scope_path, card.scope_exclusion_path):
-            if path is not None and path.is_file():
-                files[path.name] = path.read_bytes()
+        files.update({path.name: path.read_bytes() for path in card.scope_files})
         import torch
 
         return cls(card, predictor.backend, files, trust, os.getpid(), torch.get_num_threads())

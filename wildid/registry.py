@@ -254,8 +254,7 @@ _CACHE_SIZE = 6
 def _fingerprint(card: ModelCard) -> tuple:
     """Changes when the card or weights change on disk, so a retrained model is reloaded."""
     stamps = []
-    for path in (card.folder / CARD_FILE if card.folder else None, card.weights_path, card.scope_path,
-                 card.scope_exclusion_path):
+    for path in (card.folder / CARD_FILE if card.folder else None, card.weights_path, *card.scope_files):
         if path is not None and path.exists():
             stat = path.stat()
             stamps.append((str(path), stat.st_mtime_ns, stat.st_size))
@@ -288,8 +287,7 @@ def ensure_onnx(card: ModelCard, trust: bool = False, force: bool = False) -> Pa
         raise ModelNotAvailable(missing_weights_message(card))
     target = onnx_path_for(card)
     # The card counts too: a scope score on features adds a second output to the export.
-    sources = [card.weights_path] + [p for p in (card.scope_path, card.scope_exclusion_path)
-                                     if p is not None and p.is_file()]
+    sources = [card.weights_path, *card.scope_files]
     if card.kind == "classifier" and card.scope_kind and card.folder is not None:
         sources.append(card.folder / CARD_FILE)
     newest = max(p.stat().st_mtime for p in sources)
