@@ -2,8 +2,10 @@
 
 Each test kills (or fails) a writer at the moments that matter and checks what the next
 reader and the retry see: galleries (``wildid gallery add``) and the sorted copies of
-``wildid batch --sort-into``.  The results CSV, the review journal and trained models are
-covered by tests/test_faults.py, tests/test_review.py and tests/test_exit_codes.py.
+``wildid batch --sort-into``.  The results CSV, the review journal, trained models, caches and
+Camtrap DP packages are covered by tests/test_faults.py, tests/test_review.py,
+tests/test_exit_codes.py and tests/test_staged.py; the last test here checks that every test the
+writers table names exists.
 """
 
 from __future__ import annotations
@@ -216,3 +218,24 @@ def test_review_export_killed_mid_copy_leaves_no_truncated_image(tmp_path, monke
     assert summary.n_images == 4 and len(copies) == 4  # no "-1" duplicate of a torn copy
     originals = {Path(p).name: Path(p).read_bytes() for p in frame["path"][:4]}
     assert sorted(c.read_bytes() for c in copies) == sorted(originals.values())
+
+
+def test_every_test_named_in_the_writers_table_exists():
+    """RELIABILITY.md's writers table names a test per row; each named test is a real test function."""
+    import re
+
+    root = Path(__file__).resolve().parent.parent
+    rows = [line for line in (root / "RELIABILITY.md").read_text(encoding="utf-8").splitlines()
+            if line.startswith("| ") and not line.startswith("| writer") and "`tests/" in line]
+    assert len(rows) >= 9, "the writers table lists every writer"
+    named = []
+    for row in rows:
+        current = None
+        for file, name in re.findall(r"`(tests/[\w/]+\.py)?::(\w+)`", row):
+            current = file or current
+            assert current, f"{name} is named without its file"
+            named.append((current, name))
+    missing = [f"{file}::{name}" for file, name in named
+               if not re.search(rf"^def {name}\(", (root / file).read_text(encoding="utf-8"), re.M)]
+    assert not missing, missing
+    assert len(named) >= 20

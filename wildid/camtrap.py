@@ -30,9 +30,7 @@ import csv
 import io
 import json
 import mimetypes
-import os
 import re
-import shutil
 import tempfile
 import zipfile
 from collections import Counter, defaultdict
@@ -44,6 +42,7 @@ from typing import Any, Iterable
 from wildid import detections as md
 from wildid import species
 from wildid.errors import DataError
+from wildid.staged import staged_folder
 
 VERSION = "1.0"
 BASE_URL = f"https://raw.githubusercontent.com/tdwg/camtrap-dp/{VERSION}"
@@ -399,10 +398,9 @@ def _reviewed_at(text: str) -> str:
 
 
 def _write_package(out: Path, package: dict[str, Any], tables: dict[str, list[dict[str, Any]]]) -> None:
-    """All files into a temporary folder beside ``out``, then moved in: no half-written package."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    """All files into a staging folder that then replaces ``out`` whole (wildid.staged): a kill
+    leaves the previous package or the new one, never a mix.  Other files in ``out`` are kept."""
+    with staged_folder(out) as staging:
         for name, rows in tables.items():
             with (staging / f"{name}.csv").open("w", newline="", encoding="utf-8") as handle:
                 writer = csv.DictWriter(handle, fieldnames=table_fields(name), extrasaction="raise")
@@ -410,11 +408,6 @@ def _write_package(out: Path, package: dict[str, Any], tables: dict[str, list[di
                 writer.writerows(rows)
         (staging / "datapackage.json").write_text(json.dumps(package, indent=2, ensure_ascii=False) + "\n",
                                                   encoding="utf-8")
-        out.mkdir(exist_ok=True)
-        for name in ("datapackage.json", *(f"{t}.csv" for t in TABLES)):
-            os.replace(staging / name, out / name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def export_zip(results_csv: Path | str, **options) -> tuple[bytes, CamtrapExport]:

@@ -34,6 +34,7 @@ from wildid.checkpoints import CHECKPOINT_SUFFIXES, fit_state_dict, read_checkpo
 from wildid.errors import CardError, CheckpointError, DataError, ModelNotAvailable, WildidError
 from wildid.guard import allowed_root, check_name
 from wildid.predictor import BACKENDS, BasePredictor, OnnxPredictor, TorchPredictor, export_onnx
+from wildid.staged import staged_folder
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = "general-animals"
@@ -297,25 +298,30 @@ def ensure_onnx(card: ModelCard, trust: bool = False, force: bool = False) -> Pa
 
 
 def save_model(model: nn.Module, card: ModelCard, folder: Path | str, classes_file: bool | None = None) -> ModelCard:
-    """Write ``model`` as safetensors + card.toml (+ timm config.json) into ``folder``."""
+    """Write ``model`` as safetensors + card.toml (+ timm config.json) into ``folder``.
+
+    The files are written into a staging folder that replaces ``folder`` whole (wildid.staged), so a
+    kill at any moment leaves the previous model or the new one, never new weights under an old card.
+    Other files of a previous ``folder`` (taxonomy.toml, a README) are kept; its ONNX export is not.
+    """
     from safetensors.torch import save_file
 
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     card = card.replace(weights=WEIGHTS_FILE, folder=folder)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = folder / (WEIGHTS_FILE + ".tmp")
-    save_file(state, str(tmp), metadata={"format": "pt", "wildid_card": card.name})
-    tmp.replace(folder / WEIGHTS_FILE)
-    os.chmod(folder / WEIGHTS_FILE, 0o644)  # safetensors writes 0600; models are shared files
-    stale_onnx = folder / ONNX_FILE
-    if stale_onnx.exists():
-        stale_onnx.unlink()
-    card.save(folder, classes_file=len(card.classes) > 30 if classes_file is None else classes_file)
-    if not is_torchvision(card.arch):
-        write_timm_config(card, folder, model)
+    with staged_folder(folder, carry_over=_kept_on_save) as staging:
+        save_file(state, str(staging / WEIGHTS_FILE), metadata={"format": "pt", "wildid_card": card.name})
+        os.chmod(staging / WEIGHTS_FILE, 0o644)  # safetensors writes 0600; models are shared files
+        card.save(staging, classes_file=len(card.classes) > 30 if classes_file is None else classes_file)
+        if not is_torchvision(card.arch):
+            write_timm_config(card, staging, model)
     clear_cache()
     return load_card(folder)
+
+
+def _kept_on_save(name: str) -> bool:
+    """Files of a replaced model folder that stay: not its ONNX export (stale) nor temporary files."""
+    return name != ONNX_FILE and not name.endswith(".tmp") and not name.startswith(".")
 
 
 def write_timm_config(card: ModelCard, folder: Path, model: nn.Module | None = None) -> None:
