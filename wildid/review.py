@@ -27,6 +27,7 @@ import pandas as pd
 from wildid import project
 from wildid.background import DEFAULT_EMPTY_THRESHOLD
 from wildid.errors import DataError
+from wildid.staged import fsync_dir
 
 RESULTS_COLUMNS = (
     "path", "relpath", "label", "confidence", "top_k", "status", "error", "empty_score", "width", "height",
@@ -211,21 +212,8 @@ def append_labels(
     finally:
         os.close(fd)
     if created:
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
     return entries
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 @dataclass

@@ -58,7 +58,7 @@ def staged_folder(target: Path | str, carry_over: Callable[[str], bool] = lambda
             _carry_over(target, staging, carry_over)
         _sync_tree(staging)
         _swap_in(staging, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
     finally:
         # After an exchange the staging name holds the previous generation; otherwise it is gone or unused.
         shutil.rmtree(staging, ignore_errors=True)
@@ -130,10 +130,11 @@ def _sync_tree(folder: Path) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        _fsync_dir(Path(root))
+        fsync_dir(Path(root))
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
+    """fsync a folder, so a rename or a new entry in it survives a power cut (quietly skipped where unsupported)."""
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:
