@@ -98,23 +98,14 @@ def camtrap_writer(work: Path) -> int:
     return every_kill_point(work, "package", lambda target: lambda: _write_package(target, package, tables))
 
 
-def _tiny_card_and_model(work: Path, classes: int):
-    import timm
-
-    from tests.conftest import make_tiny_model
-
-    card = make_tiny_model(work / "tiny", "m")
-    model = timm.create_model(card.arch, num_classes=classes)
-    return card.replace(classes=tuple(f"c{i}" for i in range(classes))), model
-
-
 def features_writer(work: Path) -> int:
     """Old: a feature cache holding image a; new: the same cache flushed with images a and b."""
     import numpy as np
 
+    from tests.conftest import make_tiny_model
     from wildid.training.features import FeatureCache
 
-    card, _ = _tiny_card_and_model(work, 3)
+    card = make_tiny_model(work / "tiny", "m")
     (work / "template").mkdir()
     np.savez(work / "template" / "features.npz", keys=np.array(["a"]), vectors=np.zeros((1, 4), np.float32))
 

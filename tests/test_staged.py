@@ -53,9 +53,8 @@ def test_model_save_killed_at_every_point_leaves_the_old_model_or_the_new_one(tm
     leftovers = _hidden(tmp_path / str(points))
     assert leftovers, "the last kill (while removing the previous generation) leaves a hidden folder"
     clear_cache()
-    card = load_predictor(str(tmp_path / str(points) / "m")).card
-    model = load_predictor(str(tmp_path / str(points) / "m"), backend="torch").model
-    save_model(model, card, tmp_path / str(points) / "m")
+    predictor = load_predictor(str(tmp_path / str(points) / "m"))
+    save_model(predictor.model, predictor.card, tmp_path / str(points) / "m")
     assert _hidden(tmp_path / str(points)) == []
 
 
